@@ -1,0 +1,65 @@
+"""From configs to models: a detector alone, or the distiller."""
+import logging
+
+from ppdet.utils.checkpoint import load_pretrain_weight
+
+from ppkd import config as cfgmod
+from ppkd.distiller import Distiller
+from ppkd.errors import PPKDError
+from ppkd.teacher import load_weights
+
+logger = logging.getLogger('ppkd')
+
+# The method a config gets when its `distill:` section names none.
+DEFAULT_LOSSES = {'YOLOv3': ['YOLOv3L2Distill']}
+
+
+def build_model(cfg):
+    """The config's detector, with `pretrain_weights` loaded if set."""
+    model = cfgmod.build(cfg, cfg['architecture'])
+    if cfg.get('pretrain_weights'):
+        with cfgmod.active(cfg):
+            load_pretrain_weight(model, cfg['pretrain_weights'])
+    return model
+
+
+def check_same_classes(student_cfg, teacher_cfg):
+    s_n, t_n = student_cfg.get('num_classes'), teacher_cfg.get('num_classes')
+    if s_n != t_n:
+        raise PPKDError(f'teacher {teacher_cfg["config_path"]} has {t_n} classes, '
+                        f'student {student_cfg["config_path"]} has {s_n}')
+    try:
+        s_names, t_names = cfgmod.label_names(student_cfg), cfgmod.label_names(teacher_cfg)
+    except PPKDError:
+        return  # a label list not on disk yet is caught when the reader starts
+    if s_names != t_names:
+        raise PPKDError(f'teacher and student class lists differ: {t_names} '
+                        f'({teacher_cfg["config_path"]}) vs {s_names} ({student_cfg["config_path"]})')
+
+
+def distill_loss_names(cfg):
+    section = cfg.get('distill') or {}
+    names = section.get('losses') or DEFAULT_LOSSES.get(cfg['architecture'])
+    if not names:
+        raise PPKDError(f'{cfg["config_path"]}: no distill.losses given and no default '
+                        f'for architecture {cfg["architecture"]}')
+    return list(names)
+
+
+def build_distiller(student_cfg, teacher_cfg, teacher_weights):
+    """Student and teacher merged, the teacher's weights loaded and frozen,
+    with the losses the student config's `distill:` section names."""
+    check_same_classes(student_cfg, teacher_cfg)
+    student = build_model(student_cfg)
+    teacher = cfgmod.build(teacher_cfg, teacher_cfg['architecture'])
+    path = load_weights(teacher, teacher_weights, role=f'teacher ({teacher_cfg["config_path"]})')
+    logger.info('teacher weights loaded from %s', path)
+    losses = []
+    for name in distill_loss_names(student_cfg):
+        try:
+            loss = cfgmod.build(student_cfg, name)
+        except KeyError:
+            raise PPKDError(f'{student_cfg["config_path"]}: unknown distillation loss {name!r}') from None
+        logger.info('distillation loss %s, weight %g', name, loss.weight)
+        losses.append(loss)
+    return Distiller(student, teacher, losses)

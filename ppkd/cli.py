@@ -1,0 +1,31 @@
+"""What the command-line shells share: flags, and turning bad input into
+one line on stderr and a non-zero exit."""
+import argparse
+import functools
+import sys
+
+from ppkd.errors import PPKDError
+
+
+def train_parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('-c', '--config', required=True, help='model config (YAML)')
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='config overrides, key=value')
+    p.add_argument('--eval', action='store_true', help='evaluate every snapshot, keep best_model')
+    p.add_argument('-r', '--resume', default=None, help='checkpoint prefix to resume from')
+    p.add_argument('--output_dir', default=None, help='where checkpoints go (default save_dir/<config name>)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--to_static', action='store_true', help='compile the training step with paddle.jit.to_static')
+    return p
+
+
+def main_guard(fn):
+    """Run `fn`; a PPKDError becomes `error: ...` on stderr and exit 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PPKDError as e:
+            print(f'error: {e}', file=sys.stderr)
+            sys.exit(2)
+    return wrapper

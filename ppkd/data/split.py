@@ -1,0 +1,105 @@
+"""Split a VOC-style folder into trainval/test list files.
+
+Lines are `JPEGImages/x.jpg Annotations/x.xml`, relative to the folder, the
+form ppdet's VOC reader reads. Images that cannot be used are reported with
+the reason, never silently dropped.
+"""
+import collections
+import os
+import random
+
+from ppkd.data.voc import parse_voc_xml
+from ppkd.errors import PPKDError
+from ppkd.utils import atomic_write_text
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+def _index_images(image_dir):
+    images = {}
+    for name in sorted(os.listdir(image_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in IMAGE_EXTS:
+            images.setdefault(stem, name)
+    return images
+
+
+def scan_voc_folder(root, image_dir='JPEGImages', anno_dir='Annotations'):
+    """Usable samples {stem: (image rel path, xml rel path)}, class names
+    found (sorted), and skipped {stem: reason}."""
+    img_root, ann_root = os.path.join(root, image_dir), os.path.join(root, anno_dir)
+    if not os.path.isdir(root):
+        raise PPKDError(f'dataset root does not exist: {root}')
+    for d in (img_root, ann_root):
+        if not os.path.isdir(d):
+            raise PPKDError(f'missing folder: {d}')
+    images = _index_images(img_root)
+    xmls = {os.path.splitext(n)[0] for n in os.listdir(ann_root) if n.endswith('.xml')}
+    samples, skipped, classes = {}, {}, set()
+    for stem in sorted(set(images) | xmls):
+        if stem not in xmls:
+            skipped[stem] = 'no annotation'
+            continue
+        if stem not in images:
+            skipped[stem] = 'no image'
+            continue
+        xml_rel = f'{anno_dir}/{stem}.xml'
+        try:
+            ann, _ = parse_voc_xml(os.path.join(root, xml_rel))
+        except PPKDError as e:
+            skipped[stem] = str(e)
+            continue
+        if not ann['names']:
+            skipped[stem] = 'no valid box'
+            continue
+        classes.update(ann['names'])
+        samples[stem] = (f'{image_dir}/{images[stem]}', xml_rel)
+    return samples, sorted(classes), skipped
+
+
+def _read_ids(path):
+    if not os.path.isfile(path):
+        raise PPKDError(f'split file not found: {path}')
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
+              image_dir='JPEGImages', anno_dir='Annotations'):
+    """Write trainval.txt, test.txt and label_list.txt; return a summary.
+
+    `imagesets` (e.g. ('trainval', 'test')) takes the split from
+    ImageSets/Main/<name>.txt instead of drawing it with `ratio` and `seed`.
+    """
+    if not 0. < ratio < 1.:
+        raise PPKDError(f'ratio must be between 0 and 1, got {ratio}')
+    samples, classes, skipped = scan_voc_folder(root, image_dir, anno_dir)
+    if not samples:
+        raise PPKDError(f'no usable image/annotation pair in {root}')
+    if imagesets:
+        split = {}
+        for name in imagesets:
+            ids = _read_ids(os.path.join(root, 'ImageSets', 'Main', f'{name}.txt'))
+            split[name] = [s for s in ids if s in samples]
+            for s in ids:
+                if s not in samples:
+                    skipped.setdefault(s, 'listed in ImageSets but not usable')
+        trainval, test = split[imagesets[0]], split[imagesets[1]]
+    else:
+        stems = sorted(samples)
+        random.Random(seed).shuffle(stems)
+        n_train = min(max(1, round(len(stems) * ratio)), len(stems) - 1)
+        trainval, test = sorted(stems[:n_train]), sorted(stems[n_train:])
+    out_dir = out_dir or root
+    os.makedirs(out_dir, exist_ok=True)
+    # List lines are relative to the folder holding the lists (ppdet's
+    # dataset_dir), so a read-only data set can be split into another folder.
+    prefix = os.path.relpath(root, out_dir)
+    for name, stems in (('trainval.txt', trainval), ('test.txt', test)):
+        atomic_write_text(os.path.join(out_dir, name), ''.join(
+            f'{os.path.normpath(os.path.join(prefix, samples[s][0]))} '
+            f'{os.path.normpath(os.path.join(prefix, samples[s][1]))}\n' for s in stems))
+    atomic_write_text(os.path.join(out_dir, 'label_list.txt'), ''.join(c + '\n' for c in classes))
+    reasons = collections.Counter(skipped.values())
+    return {'trainval': len(trainval), 'test': len(test), 'classes': classes,
+            'skipped': skipped, 'skip_reasons': dict(reasons)}

@@ -1,0 +1,55 @@
+"""The merged model: a trainable student, a frozen teacher, recorders on
+both, and the losses that read them."""
+import paddle
+import paddle.nn as nn
+
+from ppkd.recorders import OutputRecorder
+from ppkd.teacher import freeze, run_for_features
+
+
+class Distiller(nn.Layer):
+    """In training, returns the student's loss dict plus each distillation
+    term and `det_loss`, with `loss` = det_loss + Σ weight · term. In eval,
+    it is the student alone.
+
+    The teacher stays in eval mode whatever `train()` is called on this
+    layer, and none of its parameters is trainable; `trainable_parameters()`
+    are the student's and the losses' own (adapters).
+    """
+
+    def __init__(self, student, teacher, losses):
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher)
+        self.distill_losses = nn.LayerList(losses)
+        self.student_recorder = OutputRecorder(
+            student, [n for loss in losses for n in loss.student_layers], 'student')
+        self.teacher_recorder = OutputRecorder(
+            teacher, [n for loss in losses for n in loss.teacher_layers], 'teacher')
+
+    def train(self):
+        super().train()
+        self.teacher.eval()
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if not p.stop_gradient]
+
+    def forward(self, inputs):
+        if not self.training:
+            return self.student(inputs)
+        self.student_recorder.clear()
+        self.teacher_recorder.clear()
+        outputs = dict(self.student(inputs))
+        with paddle.no_grad():
+            run_for_features(self.teacher, inputs)
+        det_loss = outputs['loss']
+        total = det_loss
+        for loss in self.distill_losses:
+            terms = loss(self.student_recorder.outputs, self.teacher_recorder.outputs)
+            for name, value in terms.items():
+                outputs[name] = value
+                total = total + loss.weight * value
+        outputs['det_loss'] = det_loss
+        outputs['loss'] = total
+        return outputs

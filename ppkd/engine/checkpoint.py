@@ -1,0 +1,66 @@
+"""Checkpoints: `NAME.pdparams` holds the student alone, loadable by plain
+ppdet/ppkd tools; `NAME.pdstate` holds what resuming needs (epoch,
+optimizer and LR state, the losses' own parameters). Both are written to a
+temporary name and renamed."""
+import os
+
+import paddle
+
+from ppkd.errors import PPKDError
+
+
+def _atomic_save(obj, path):
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        paddle.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _rename_optimizer_state(state, renames):
+    """Optimizer state keys are `<parameter name>_<accumulator>`; parameter
+    names are generated per process (`conv2d_376.w_0`), so the saved state
+    uses the model's structured names instead and is mapped back on load."""
+    out = {}
+    # Longest names first, so `conv2d_37.w_0` never claims `conv2d_376.w_0`'s keys.
+    ordered = sorted(renames.items(), key=lambda kv: -len(kv[0]))
+    for key, value in state.items():
+        for old, new in ordered:
+            if key.startswith(old + '_'):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def optimizer_state_for_saving(optimizer, model):
+    return _rename_optimizer_state(optimizer.state_dict(),
+                                   {p.name: n for n, p in model.named_parameters()})
+
+
+def optimizer_state_for_loading(state, model):
+    return _rename_optimizer_state(state, {n: p.name for n, p in model.named_parameters()})
+
+
+def save_checkpoint(prefix, student, optimizer=None, epoch=None, extra_state=None, best=None, model=None):
+    """Write `prefix.pdparams` (student) and, for resuming, `prefix.pdstate`
+    (`model`, the layer the optimizer trains, names the optimizer state)."""
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    state = {'epoch': epoch, 'best': best, 'extra': extra_state or {}}
+    if optimizer is not None:
+        state['optimizer'] = optimizer_state_for_saving(optimizer, model or student)
+    # State first: a .pdparams whose .pdstate is missing is still a valid
+    # model, the reverse would not be.
+    _atomic_save(state, prefix + '.pdstate')
+    _atomic_save(student.state_dict(), prefix + '.pdparams')
+
+
+def load_resume_state(prefix):
+    """The `.pdstate` dict saved beside `prefix.pdparams`."""
+    prefix = prefix[:-len('.pdparams')] if prefix.endswith('.pdparams') else prefix
+    for ext in ('.pdparams', '.pdstate'):
+        if not os.path.isfile(prefix + ext):
+            raise PPKDError(f'cannot resume: {prefix + ext} not found')
+    return prefix, paddle.load(prefix + '.pdstate')

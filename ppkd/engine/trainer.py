@@ -1,0 +1,195 @@
+"""The training loop shared by `tools/train.py` (a model alone) and
+`slim/distillation/distill.py` (a Distiller).
+
+Several devices run through `python -m paddle.distributed.launch`: the model
+is wrapped in `paddle.DataParallel` and ppdet's readers shard the batches.
+"""
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import paddle
+
+from ppkd import config as cfgmod
+from ppkd.engine.checkpoint import load_resume_state, optimizer_state_for_loading, save_checkpoint
+from ppkd.data.loader import build_reader, epoch_batches
+from ppkd.engine.evaluator import evaluate
+from ppkd.errors import PPKDError
+from ppkd.teacher import load_weights
+
+logger = logging.getLogger('ppkd')
+
+
+def setup_logging():
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, datefmt='%m/%d %H:%M:%S',
+                            format='[%(asctime)s] %(name)s %(levelname)s: %(message)s')
+
+
+def setup_run(cfg, seed=0):
+    """Device, threads and seeds, before any model is built (so its
+    initial weights depend on the seed alone)."""
+    if cfg.get('use_gpu'):
+        if not paddle.is_compiled_with_cuda():
+            raise PPKDError('use_gpu is true but this paddle has no CUDA: install paddlepaddle-gpu (make install GPU=1)')
+        paddle.set_device('gpu')
+    else:
+        paddle.set_device('cpu')
+    logger.info('device: %s, CPU threads: %s, paddle %s, seed %d', paddle.get_device(),
+                os.environ.get('OMP_NUM_THREADS', '1'), paddle.__version__, seed)
+    seed_everything(seed)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def _scalar(value):
+    return float(value.numpy().reshape(-1)[0]) if isinstance(value, paddle.Tensor) else float(value)
+
+
+class Trainer:
+    """Trains `model` (a detector, or a Distiller whose `student` is saved)
+    with the config's reader, learning rate and optimizer.
+
+    Every `snapshot_epoch` epochs it writes a checkpoint and, with
+    `eval=True`, evaluates the student and keeps `best_model` by mAP. A
+    non-finite loss stops training with the iteration named; the last good
+    checkpoint stays.
+    """
+
+    def __init__(self, cfg, model, output_dir=None, eval=False, seed=0, to_static=False):
+        self.cfg = cfg
+        self.seed = seed
+        self.do_eval = eval
+        self.output_dir = output_dir or os.path.join(cfg.get('save_dir', 'output'), cfg['filename'])
+        self.world_size = paddle.distributed.get_world_size()
+        self.rank = paddle.distributed.get_rank()
+        self.model = model
+        self.student = getattr(model, 'student', model)
+        self.loader = build_reader(cfg, 'Train')
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise PPKDError(f'{cfg["config_path"]}: the train set has fewer images than one batch')
+        self.epochs = int(cfg['epoch'])
+        self.lr = cfgmod.build(cfg, 'LearningRate')(self.steps_per_epoch)
+        self.optimizer = cfgmod.build(cfg, 'OptimizerBuilder')(self.lr, model)
+        self.start_epoch = 0
+        self.best_map = None
+        self.train_model = model
+        if self.world_size > 1:
+            paddle.distributed.init_parallel_env()
+            self.train_model = paddle.DataParallel(model)
+        if to_static:
+            self.train_model = paddle.jit.to_static(self.train_model)
+        self.eval_loader = None
+
+    def load_student_weights(self, path):
+        load_weights(self.student, path, role='student')
+
+    def resume(self, prefix):
+        prefix, state = load_resume_state(prefix)
+        load_weights(self.student, prefix + '.pdparams', role='student')
+        self.optimizer.set_state_dict(optimizer_state_for_loading(state['optimizer'], self.model))
+        extra = state.get('extra') or {}
+        if extra.get('distill_losses') and hasattr(self.model, 'distill_losses'):
+            self.model.distill_losses.set_state_dict(extra['distill_losses'])
+        self.start_epoch = int(state['epoch']) + 1
+        self.best_map = state.get('best')
+        logger.info('resumed from %s at epoch %d (iteration %d)', prefix, self.start_epoch,
+                    self.start_epoch * self.steps_per_epoch)
+
+    def _save(self, name, epoch):
+        if self.rank != 0:
+            return
+        extra = {}
+        if hasattr(self.model, 'distill_losses'):
+            extra['distill_losses'] = self.model.distill_losses.state_dict()
+        save_checkpoint(os.path.join(self.output_dir, name), self.student, self.optimizer,
+                        epoch=epoch, extra_state=extra, best=self.best_map, model=self.model)
+        logger.info('saved checkpoint %s', os.path.join(self.output_dir, name))
+
+    def _log(self, epoch, step, outputs, batch_cost, data_cost, batch_size, iters_left):
+        terms = '  '.join(f'{k}: {_scalar(v):.6f}' for k, v in outputs.items()
+                          if isinstance(v, paddle.Tensor) and v.size == 1)
+        eta = datetime.timedelta(seconds=int(batch_cost * iters_left))
+        logger.info('Epoch: [%d] [%4d/%d] learning_rate: %.6f  %s  eta: %s  batch_cost: %.4f  '
+                    'data_cost: %.4f  ips: %.4f images/s', epoch, step, self.steps_per_epoch,
+                    self.optimizer.get_lr(), terms, eta, batch_cost, data_cost, batch_size / batch_cost)
+
+    def train(self):
+        """Train from `start_epoch` to the end; returns the history of evals."""
+        os.makedirs(self.output_dir, exist_ok=True)
+        log_iter = int(self.cfg.get('log_iter', 20))
+        snapshot = int(self.cfg.get('snapshot_epoch', 1))
+        total_iters = self.epochs * self.steps_per_epoch
+        history = []
+        self.model.train()
+        for epoch in range(self.start_epoch, self.epochs):
+            # Seeding per epoch makes a resumed run draw the same batches.
+            seed_everything(self.seed + epoch)
+            tic = time.perf_counter()
+            for step, batch in enumerate(epoch_batches(self.loader, epoch)):
+                data_cost = time.perf_counter() - tic
+                iteration = epoch * self.steps_per_epoch + step
+                try:
+                    outputs = self.train_model(batch)
+                except Exception:
+                    # Non-finite weights make some ppdet ops raise (e.g. BCE's
+                    # input check) before a loss exists.
+                    self._check_finite_parameters(epoch, iteration)
+                    raise
+                loss = outputs['loss']
+                value = _scalar(loss)
+                if not math.isfinite(value):
+                    bad = [k for k, v in outputs.items() if k != 'loss' and isinstance(v, paddle.Tensor)
+                           and v.size == 1 and not math.isfinite(_scalar(v))]
+                    detail = f' ({", ".join(bad)} non-finite)' if bad else ''
+                    raise self._diverged(f'loss became {value}{detail}', epoch, iteration)
+                loss.backward()
+                self.optimizer.step()
+                self.optimizer.clear_grad()
+                self.lr.step()
+                batch_cost = time.perf_counter() - tic
+                if step % log_iter == 0 or step == self.steps_per_epoch - 1:
+                    self._log(epoch, step, outputs, batch_cost, data_cost, len(batch['image']),
+                              total_iters - iteration - 1)
+                tic = time.perf_counter()
+            last = epoch == self.epochs - 1
+            if (epoch + 1) % snapshot == 0 or last:
+                if self.do_eval:
+                    history.append(self._evaluate(epoch))
+                self._save('model_final' if last else str(epoch), epoch)
+        return history
+
+    def _diverged(self, what, epoch, iteration):
+        return PPKDError(f'{what} at epoch {epoch}, iteration {iteration}; stopped, '
+                         f'the last good checkpoint in {self.output_dir} is kept')
+
+    def _check_finite_parameters(self, epoch, iteration):
+        for name, p in self.model.named_parameters():
+            if not bool(paddle.isfinite(p).all()):
+                raise self._diverged(f'parameter {name} became non-finite', epoch, iteration)
+
+    def _evaluate(self, epoch):
+        if self.eval_loader is None:
+            self.eval_loader = build_reader(self.cfg, 'Eval')
+        result = evaluate(self.cfg, self.student, self.eval_loader)
+        self.model.train()
+        result['epoch'] = epoch
+        result['iteration'] = (epoch + 1) * self.steps_per_epoch
+        logger.info('epoch %d: mAP(0.50, %s) = %.2f%%  per class: %s', epoch,
+                    self.cfg.get('map_type', '11point'), result['mAP'],
+                    json.dumps({k: round(v, 2) for k, v in result['per_class'].items()}))
+        if self.best_map is None or result['mAP'] > self.best_map:
+            self.best_map = result['mAP']
+            self._save('best_model', epoch)
+            logger.info('best model so far: mAP %.2f%% at epoch %d', self.best_map, epoch)
+        return result

@@ -1,0 +1,10 @@
+"""Distillation losses, one module per method family.
+
+Each family offers functional forms (tensors in, an unweighted loss out) and
+registered `nn.Layer`s with a `weight` that name the recorded layers they
+read, so a config picks a method by name.
+"""
+from ppkd.losses.base import DistillLoss
+from ppkd.losses.yolov3 import YOLOv3L2Distill, yolov3_l2_distill
+
+__all__ = ['DistillLoss', 'YOLOv3L2Distill', 'yolov3_l2_distill']

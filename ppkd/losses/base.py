@@ -1,0 +1,23 @@
+"""The contract every distillation loss follows."""
+import paddle.nn as nn
+
+
+class DistillLoss(nn.Layer):
+    """A distillation loss reads the recorded outputs of named student and
+    teacher layers and returns its unweighted terms by name.
+
+    The distiller records `student_layers` and `teacher_layers` (paths as
+    `named_sublayers()` gives them) and adds `weight · term` for every term
+    to the detection loss. A loss with trainable parts (an adapter) owns
+    them, so they train with the student and are saved beside it.
+    """
+
+    def __init__(self, weight, student_layers, teacher_layers):
+        super().__init__()
+        self.weight = float(weight)
+        self.student_layers = list(student_layers)
+        self.teacher_layers = list(teacher_layers)
+
+    def forward(self, student, teacher):
+        """`student`/`teacher`: {layer name: output}. Returns {term: loss}."""
+        raise NotImplementedError

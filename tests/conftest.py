@@ -1,0 +1,55 @@
+import os
+import runpy
+import sys
+
+import pytest
+
+import ppkd  # noqa: F401  (first, as every entry point)
+from ppkd.data.synthetic import make_shapes_voc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BCCD = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'datasets', 'BCCD'))
+CONFIGS = os.path.join(ROOT, 'configs')
+
+# Tiny runs: 64 px, batch 2, one epoch, in-process loading. A teacher
+# trained for seconds has BatchNorm statistics far from its activations, so
+# its eval-mode outputs are huge: the L2 weight is scaled down to match.
+TINY = ['YOLOv3L2Distill.weight=0.0001', 'input_size=64', 'epoch=1', 'worker_num=0', 'log_iter=1', 'TrainReader.batch_size=2',
+        'EvalReader.batch_size=2', 'LearningRate.base_lr=0.0005', 'OptimizerBuilder.clip_grad_by_norm=10',
+        'LearningRate.schedulers=[{name: PiecewiseDecay, milestones: [100], use_warmup: false}]']
+
+
+@pytest.fixture(scope='session')
+def tiny_voc(tmp_path_factory):
+    """12 generated images at 64 px, 8 for training and 4 for testing."""
+    root = str(tmp_path_factory.mktemp('tiny_voc'))
+    return make_shapes_voc(root, num_images=12, image_size=64, seed=1, test_ratio=0.34,
+                           min_size=12, max_size=30, max_objects=2)
+
+
+def tiny_opts(root, *extra):
+    return TINY + [f'dataset_dir={root}'] + list(extra)
+
+
+def run_script(relpath, argv):
+    """Run a command-line script's main() in this process; returns its exit
+    code (0 when it returns normally)."""
+    module = runpy.run_path(os.path.join(ROOT, relpath), run_name='ppkd_test')
+    old = sys.argv
+    sys.argv = [relpath] + list(argv)
+    try:
+        module['main'](list(argv))
+        return 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture(scope='session')
+def tiny_teacher(tiny_voc, tmp_path_factory):
+    """A demo teacher trained one tiny epoch: (config path, weights path)."""
+    out = str(tmp_path_factory.mktemp('teacher'))
+    cfg = os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml')
+    assert run_script('tools/train.py', ['-c', cfg, '--output_dir', out, '-o'] + tiny_opts(tiny_voc)) == 0
+    return cfg, os.path.join(out, 'model_final.pdparams')

@@ -1,0 +1,101 @@
+"""End to end: the command-line tools on the tiny generated set."""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import BCCD, CONFIGS, ROOT, run_script, tiny_opts
+
+DISTILL = os.path.join(CONFIGS, 'demo', 'distill_l2.yml')
+STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.25.yml')
+
+
+def _distill(teacher, out, *extra, opts=()):
+    cfg, weights = teacher
+    return run_script('slim/distillation/distill.py',
+                      ['-c', DISTILL, '-t', cfg, '--teacher_pretrained', weights, '--output_dir', str(out),
+                       *extra, '-o', *opts])
+
+
+def test_distill_train_eval_and_logs(tiny_voc, tiny_teacher, tmp_path, caplog):
+    with caplog.at_level('INFO'):
+        assert _distill(tiny_teacher, tmp_path, '--eval', opts=tiny_opts(tiny_voc)) == 0
+    log = '\n'.join(r.getMessage() for r in caplog.records)
+    for field in ('Epoch: [0]', 'learning_rate:', 'det_loss:', 'distill_l2:', 'loss:', 'eta:',
+                  'batch_cost:', 'ips:', 'mAP(0.50, 11point)', 'CPU threads:'):
+        assert field in log, field
+    for name in ('model_final', 'best_model'):
+        assert os.path.isfile(tmp_path / f'{name}.pdparams')
+    assert not [f for f in os.listdir(tmp_path) if '.tmp' in f]
+    # The student checkpoint is a plain detector for tools/eval.py.
+    code = run_script('tools/eval.py', ['-c', STUDENT, '-o', *tiny_opts(tiny_voc),
+                                         f'weights={tmp_path / "model_final.pdparams"}'])
+    assert code == 0
+
+
+def test_resume_is_exact(tiny_voc, tiny_teacher, tmp_path):
+    two = tiny_opts(tiny_voc, 'epoch=2')
+    assert _distill(tiny_teacher, tmp_path / 'straight', opts=two) == 0
+    assert _distill(tiny_teacher, tmp_path / 'split', opts=two + ['epoch=1']) == 0
+    assert _distill(tiny_teacher, tmp_path / 'split', '-r', str(tmp_path / 'split' / 'model_final'),
+                    opts=two) == 0
+    a = paddle.load(str(tmp_path / 'straight' / 'model_final.pdparams'))
+    b = paddle.load(str(tmp_path / 'split' / 'model_final.pdparams'))
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    sa = paddle.load(str(tmp_path / 'straight' / 'model_final.pdstate'))
+    sb = paddle.load(str(tmp_path / 'split' / 'model_final.pdstate'))
+    assert sa['epoch'] == sb['epoch'] == 1
+    assert sa['optimizer']['LR_Scheduler'] == sb['optimizer']['LR_Scheduler']
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_voc, tiny_teacher, tmp_path, capsys):
+    assert _distill(tiny_teacher, tmp_path, opts=tiny_opts(tiny_voc)) == 0
+    good = open(tmp_path / 'model_final.pdparams', 'rb').read()
+    code = _distill(tiny_teacher, tmp_path, '-r', str(tmp_path / 'model_final'),
+                    opts=tiny_opts(tiny_voc, 'epoch=2', 'YOLOv3L2Distill.weight=.inf'))
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('error: loss became inf at epoch 1, iteration 4')
+    assert open(tmp_path / 'model_final.pdparams', 'rb').read() == good
+
+
+def test_to_static_distill(tiny_voc, tiny_teacher, tmp_path):
+    assert _distill(tiny_teacher, tmp_path, '--to_static', opts=tiny_opts(tiny_voc)) == 0
+    assert os.path.isfile(tmp_path / 'model_final.pdparams')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['-c', '/nope.yml'], 'config not found: /nope.yml'),
+    (['-c', STUDENT, '-o', 'dataset_dir=/no/data'], 'dataset_dir does not exist: /no/data'),
+])
+def test_bad_input_is_one_line(argv, message, tiny_teacher, capsys):
+    cfg, weights = tiny_teacher
+    code = run_script('slim/distillation/distill.py', argv + ['-t', cfg, '--teacher_pretrained', weights])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f'error: {message}'
+
+
+def test_missing_teacher_weights(tiny_voc, tiny_teacher, capsys):
+    code = run_script('slim/distillation/distill.py', ['-c', DISTILL, '-t', tiny_teacher[0],
+                                                       '--teacher_pretrained', '/no/w.pdparams', '-o', *tiny_opts(tiny_voc)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == 'error: weights not found: /no/w.pdparams'
+
+
+@pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not available')
+def test_bccd_few_iterations(tmp_path, capsys):
+    """Split BCCD's official sets, train the student a few iterations, and
+    evaluate it on the test split."""
+    lists = tmp_path / 'bccd'
+    assert run_script('tools/split_voc.py', [BCCD, '--imagesets', 'trainval', 'test', '--out_dir', str(lists)]) == 0
+    cfg = os.path.join(CONFIGS, 'bccd', 'student_yolov3_mobilenet_v1.yml')
+    opts = ['input_size=128', 'epoch=1', 'worker_num=0', 'TrainReader.batch_size=2', 'log_iter=1',
+            f'dataset_dir={lists}', 'TrainDataset.sample_num=6', 'EvalDataset.sample_num=8']
+    assert run_script('tools/train.py', ['-c', cfg, '--output_dir', str(tmp_path / 'out'), '-o', *opts]) == 0
+    capsys.readouterr()
+    assert run_script('tools/eval.py', ['-c', cfg, '-o', *opts, f'weights={tmp_path / "out" / "model_final"}']) == 0
+    out = capsys.readouterr().out
+    assert 'mAP(0.50, 11point) =' in out and 'Platelets' in out and 'WBC' in out
+    assert '8 images' in out

@@ -1,0 +1,67 @@
+import os
+
+import pytest
+
+from ppkd import config as cfgmod
+from ppkd.errors import PPKDError
+
+from conftest import CONFIGS
+
+STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.25.yml')
+
+
+def test_parse_overrides_nested_and_typed():
+    assert cfgmod.parse_overrides(['a.b=1', 'c=[1, 2]', 'd=true', 'e=x']) == \
+        {'a': {'b': 1}, 'c': [1, 2], 'd': True, 'e': 'x'}
+    with pytest.raises(PPKDError, match="'novalue' is not key=value"):
+        cfgmod.parse_overrides(['novalue'])
+
+
+def test_missing_config_is_named(tmp_path):
+    with pytest.raises(PPKDError, match='config not found: .*nope.yml'):
+        cfgmod.load_config(str(tmp_path / 'nope.yml'))
+
+
+def test_missing_base_is_named(tmp_path):
+    p = tmp_path / 'c.yml'
+    p.write_text('_BASE_: [gone.yml]\narchitecture: YOLOv3\n')
+    with pytest.raises(PPKDError, match='gone.yml'):
+        cfgmod.load_config(str(p))
+
+
+def test_invalid_yaml_is_named(tmp_path):
+    p = tmp_path / 'bad.yml'
+    p.write_text('a: [1, 2\n')
+    with pytest.raises(PPKDError, match=r'bad.yml: invalid YAML'):
+        cfgmod.load_config(str(p))
+
+
+def test_not_a_model_config(tmp_path):
+    p = tmp_path / 'x.yml'
+    p.write_text('epoch: 3\n')
+    with pytest.raises(PPKDError, match='no "architecture" key'):
+        cfgmod.load_config(str(p))
+
+
+def test_input_size_and_dataset_dir_apply_everywhere():
+    cfg = cfgmod.load_config(STUDENT, ['input_size=224', 'dataset_dir=/data/x'])
+    train_ops = cfg['TrainReader']['batch_transforms']
+    assert {'target_size': [224]}.items() <= train_ops[0]['BatchRandomResize'].items()
+    assert cfg['EvalReader']['sample_transforms'][1]['Resize']['target_size'] == [224, 224]
+    assert cfg['TestReader']['inputs_def']['image_shape'] == [3, 224, 224]
+    assert cfg['TrainDataset'].dataset_dir == cfg['EvalDataset'].dataset_dir == '/data/x'
+    with pytest.raises(PPKDError, match='multiple of 32'):
+        cfgmod.load_config(STUDENT, ['input_size=100'])
+
+
+def test_override_reaches_dataset_object_and_rejects_unknown_field():
+    cfg = cfgmod.load_config(STUDENT, ['TrainDataset.anno_path=other.txt'])
+    assert cfg['TrainDataset'].anno_path == 'other.txt'
+    with pytest.raises(PPKDError, match="TrainDataset.nonsense: CheckedVOCDataSet has no field 'nonsense'"):
+        cfgmod.load_config(STUDENT, ['TrainDataset.nonsense=1'])
+
+
+def test_configs_are_isolated():
+    a = cfgmod.load_config(STUDENT, ['MobileNet.scale=0.5'])
+    b = cfgmod.load_config(STUDENT)
+    assert a['MobileNet']['scale'] == 0.5 and b['MobileNet']['scale'] == 0.25

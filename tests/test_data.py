@@ -1,0 +1,156 @@
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ppkd import config as cfgmod
+from ppkd.data.split import split_voc
+from ppkd.data.synthetic import make_shapes_voc
+from ppkd.data.voc import CheckedVOCDataSet, parse_voc_xml
+from ppkd.errors import PPKDError
+
+from conftest import BCCD, CONFIGS, ROOT, tiny_opts
+
+
+def _copy(tiny_voc, tmp_path):
+    root = str(tmp_path / 'voc')
+    shutil.copytree(tiny_voc, root)
+    return root
+
+
+def _dataset(root, anno='trainval.txt'):
+    ds = CheckedVOCDataSet(dataset_dir=root, anno_path=anno, label_list='label_list.txt',
+                           data_fields=['image', 'gt_bbox', 'gt_class', 'difficult'])
+    ds.parse_dataset()
+    return ds
+
+
+def test_demo_data_is_deterministic(tmp_path):
+    a = make_shapes_voc(str(tmp_path / 'a'), num_images=5, image_size=64, seed=3)
+    b = make_shapes_voc(str(tmp_path / 'b'), num_images=5, image_size=64, seed=3)
+    for sub in ('Annotations/shapes_0004.xml', 'JPEGImages/shapes_0004.jpg', 'trainval.txt'):
+        assert open(os.path.join(a, sub), 'rb').read() == open(os.path.join(b, sub), 'rb').read()
+
+
+def test_split_ratio_seed_and_report(tiny_voc, tmp_path):
+    root = _copy(tiny_voc, tmp_path)
+    os.remove(os.path.join(root, 'Annotations', 'shapes_0000.xml'))
+    open(os.path.join(root, 'Annotations', 'shapes_0001.xml'), 'w').write('<annotation><size>')
+    out = split_voc(root, ratio=0.7, seed=5)
+    assert out['trainval'] + out['test'] == 10 and out['test'] == 3
+    assert out['skipped'] == {'shapes_0000': 'no annotation',
+                              'shapes_0001': out['skipped']['shapes_0001']}
+    assert 'malformed XML' in out['skipped']['shapes_0001']
+    lines = open(os.path.join(root, 'trainval.txt')).read().split('\n')
+    assert lines[0].startswith('JPEGImages/') and ' Annotations/' in lines[0]
+    first = open(os.path.join(root, 'test.txt')).read()
+    split_voc(root, ratio=0.7, seed=5)
+    assert open(os.path.join(root, 'test.txt')).read() == first
+    assert open(os.path.join(root, 'label_list.txt')).read().split() == sorted(out['classes'])
+    with pytest.raises(PPKDError, match='ratio must be between 0 and 1'):
+        split_voc(root, ratio=1.5)
+
+
+@pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not available')
+def test_split_bccd_official_sets_into_another_folder(tmp_path, caplog):
+    out = split_voc(BCCD, imagesets=('trainval', 'test'), out_dir=str(tmp_path))
+    assert (out['trainval'], out['test']) == (292, 72)
+    assert out['classes'] == ['Platelets', 'RBC', 'WBC']
+    with caplog.at_level(logging.WARNING, logger='ppkd.data'):
+        ds = _dataset(str(tmp_path))
+    assert len(ds.roidbs) == 292
+    # BCCD's two zero-area boxes are dropped and counted.
+    assert any('dropped 2 zero-area or inverted boxes in 2 annotation files' in r.message
+               for r in caplog.records)
+
+
+def test_script_cli(tiny_voc, tmp_path):
+    root = _copy(tiny_voc, tmp_path)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'split_voc.py'), root, '--ratio', '0.5'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'trainval: 6 images, test: 6 images' in r.stdout
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'split_voc.py'), str(tmp_path / 'none')],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    # Paddle prints its own import-time notices first; ppkd adds one line.
+    assert r.stderr.strip().splitlines()[-1] == f'error: dataset root does not exist: {tmp_path / "none"}'
+    assert 'Traceback' not in r.stderr
+
+
+def test_missing_dataset_root():
+    with pytest.raises(PPKDError, match='dataset_dir does not exist: /no/such'):
+        _dataset('/no/such')
+
+
+def test_list_line_with_missing_image_or_xml(tiny_voc, tmp_path):
+    root = _copy(tiny_voc, tmp_path)
+    os.remove(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'))
+    with pytest.raises(PPKDError, match=r'trainval.txt:\d+: image not found: .*shapes_0006.jpg'):
+        _dataset(root)
+    root = _copy(tiny_voc, tmp_path / 'b')
+    os.remove(os.path.join(root, 'Annotations', 'shapes_0007.xml'))
+    with pytest.raises(PPKDError, match=r'annotation not found: .*shapes_0007.xml'):
+        _dataset(root)
+
+
+def test_malformed_xml_named(tiny_voc, tmp_path):
+    root = _copy(tiny_voc, tmp_path)
+    open(os.path.join(root, 'Annotations', 'shapes_0005.xml'), 'w').write('<annotation><size>')
+    with pytest.raises(PPKDError, match=r'shapes_0005.xml: malformed XML'):
+        _dataset(root)
+
+
+def test_unknown_class_named_with_file(tiny_voc, tmp_path):
+    root = _copy(tiny_voc, tmp_path)
+    p = os.path.join(root, 'Annotations', 'shapes_0009.xml')
+    text = open(p).read()
+    for c in ('circle', 'square', 'triangle', 'cross'):
+        text = text.replace(f'<name>{c}</name>', '<name>hexagon</name>')
+    open(p, 'w').write(text)
+    with pytest.raises(PPKDError, match=r"shapes_0009.xml: class 'hexagon' is not in the label list"):
+        _dataset(root)
+
+
+def test_zero_area_and_inverted_boxes_dropped(tmp_path):
+    p = tmp_path / 'a.xml'
+    p.write_text('<annotation><size><width>100</width><height>80</height></size>'
+                 '<object><name>a</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>10</xmax><ymax>20</ymax></bndbox></object>'
+                 '<object><name>a</name><bndbox><xmin>30</xmin><ymin>10</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object>'
+                 '<object><name>a</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>50</xmax><ymax>90</ymax></bndbox></object>'
+                 '</annotation>')
+    ann, dropped = parse_voc_xml(str(p), {'a': 0})
+    assert dropped == 2
+    assert ann['boxes'].tolist() == [[1, 2, 50, 79]]
+
+
+def test_reader_transform_error_does_not_hang(tiny_voc, tmp_path):
+    """A corrupt image with worker_num 0 used to hang the process; now it
+    is an error naming the image. Run in a child with a timeout, so a
+    regression fails instead of hanging the suite."""
+    root = _copy(tiny_voc, tmp_path)
+    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg')
+    code = ('import ppkd, sys\nfrom ppkd import config as C\nfrom ppkd.errors import PPKDError\n'
+            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.25.yml")!r}, '
+            f'{tiny_opts(root)!r} + ["TrainReader.shuffle=false"])\n'
+            'loader = C.build(cfg, "TrainReader")(cfg["TrainDataset"], 0)\n'
+            'try:\n    [b for b in loader]\nexcept PPKDError as e:\n    print("CAUGHT", e); sys.exit(3)\n')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert 'shapes_0006.jpg: reader transform failed' in r.stdout
+
+
+def test_loader_error_needs_the_compat_fix(tiny_voc, tmp_path):
+    """Without ppkd's compat fix the same failure blocks forever: the child
+    must still be running when the timeout hits."""
+    root = _copy(tiny_voc, tmp_path)
+    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg')
+    code = ('import ppkd, sys\nfrom ppkd import compat\ncompat.FIXES.clear()\nfrom ppkd import config as C\n'
+            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.25.yml")!r}, '
+            f'{tiny_opts(root)!r} + ["TrainReader.shuffle=false"])\n'
+            'loader = C.build(cfg, "TrainReader")(cfg["TrainDataset"], 0)\n[b for b in loader]\n')
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=40)

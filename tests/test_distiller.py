@@ -1,0 +1,102 @@
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from ppkd import config as cfgmod
+from ppkd.builder import build_distiller, build_model
+from ppkd.engine.checkpoint import save_checkpoint
+from ppkd.engine.trainer import Trainer
+from ppkd.errors import PPKDError
+from ppkd.recorders import OutputRecorder
+
+from conftest import CONFIGS, tiny_opts
+
+
+def _student_cfg(root, *extra):
+    return cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'distill_l2.yml'), tiny_opts(root, *extra))
+
+
+def _teacher_cfg(root):
+    return cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml'), tiny_opts(root))
+
+
+def _bn_state(layer):
+    return {k: v.numpy().copy() for k, v in layer.state_dict().items()}
+
+
+def test_teacher_frozen_through_training_steps(tiny_voc, tiny_teacher, tmp_path):
+    _, weights = tiny_teacher
+    model = build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), weights)
+    before_teacher, before_student = _bn_state(model.teacher), _bn_state(model.student)
+    trainer = Trainer(_student_cfg(tiny_voc), model, str(tmp_path))
+    trainer.train()  # 4 steps
+    assert not model.teacher.training
+    assert all(p.stop_gradient for p in model.teacher.parameters())
+    after = _bn_state(model.teacher)
+    # Every teacher tensor, BatchNorm running mean/variance included, is unchanged.
+    for k, v in before_teacher.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
+    moved = [k for k, v in _bn_state(model.student).items() if not np.array_equal(v, before_student[k])]
+    assert any(k.endswith('_mean') for k in moved) and any(k.endswith('weight') for k in moved)
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not trainable & {id(p) for p in model.teacher.parameters()}
+
+
+def test_distill_step_outputs_and_no_teacher_gradient(tiny_voc, tiny_teacher):
+    model = build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), tiny_teacher[1])
+    model.train()
+    cfg = _student_cfg(tiny_voc)
+    batch = next(iter(cfgmod.build(cfg, 'TrainReader')(cfg['TrainDataset'], 0)))
+    out = model(batch)
+    total = float(out['det_loss']) + 0.0001 * float(out['distill_l2'])
+    assert float(out['loss']) == pytest.approx(total, rel=1e-5)
+    out['loss'].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert any(p.grad is not None for p in model.student.parameters())
+
+
+def test_checkpoint_holds_only_student_keys(tiny_voc, tiny_teacher, tmp_path):
+    model = build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), tiny_teacher[1])
+    save_checkpoint(str(tmp_path / 'ck'), model.student)
+    saved = paddle.load(str(tmp_path / 'ck.pdparams'))
+    assert set(saved) == set(build_model(_student_cfg(tiny_voc)).state_dict())
+    assert not any(k.startswith('teacher') for k in saved)
+    assert not [p for p in os.listdir(tmp_path) if '.tmp' in p]
+
+
+def test_teacher_weights_that_do_not_fit_are_named(tiny_voc, tmp_path):
+    student = build_model(_student_cfg(tiny_voc))
+    paddle.save(student.state_dict(), str(tmp_path / 'wrong.pdparams'))
+    with pytest.raises(PPKDError) as e:
+        build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), str(tmp_path / 'wrong.pdparams'))
+    msg = str(e.value)
+    assert 'wrong.pdparams does not fit the teacher' in msg
+    assert 'shape mismatch: yolo_head.yolo_output.' in msg or 'keys missing' in msg
+    assert '\n' not in msg
+
+
+def test_different_class_lists_refused(tiny_voc, tiny_teacher, tmp_path):
+    other = tmp_path / 'labels'
+    other.mkdir()
+    for name in ('trainval.txt', 'test.txt'):
+        (other / name).write_text(open(os.path.join(tiny_voc, name)).read())
+    (other / 'label_list.txt').write_text('a\nb\nc\nd\n')
+    teacher_cfg = _teacher_cfg(tiny_voc)
+    teacher_cfg['EvalDataset'].dataset_dir = str(other)
+    with pytest.raises(PPKDError, match='class lists differ'):
+        build_distiller(_student_cfg(tiny_voc), teacher_cfg, tiny_teacher[1])
+    teacher_cfg = _teacher_cfg(tiny_voc)
+    teacher_cfg['num_classes'] = 3
+    with pytest.raises(PPKDError, match='has 3 classes, student .* has 4'):
+        build_distiller(_student_cfg(tiny_voc), teacher_cfg, tiny_teacher[1])
+
+
+def test_recorder_names_unknown_layer():
+    layer = paddle.nn.Sequential(paddle.nn.Linear(2, 2))
+    with pytest.raises(PPKDError, match="no layer named '1'"):
+        OutputRecorder(layer, ['1'], 'student')
+    rec = OutputRecorder(layer, ['0'])
+    layer(paddle.ones([1, 2]))
+    assert list(rec.outputs) == ['0']

@@ -1,0 +1,101 @@
+"""The whole pipeline on one data set: train a teacher, a baseline student
+and a distilled student, evaluate all three, print one table.
+
+    python tools/demo.py                       # the generated shapes data set
+    python tools/demo.py --dataset_dir DIR -t TEACHER.yml -s STUDENT.yml -d DISTILL.yml
+
+Each step runs the user-facing command (tools/train.py, distill.py,
+tools/eval.py) in its own process, exactly as a user would.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import ppkd  # noqa: F401  (first: sets the CPU thread count before paddle loads)
+from ppkd.cli import main_guard
+from ppkd.data.synthetic import make_shapes_voc
+from ppkd.errors import PPKDError
+from ppkd.utils import atomic_write_text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, 'configs', 'demo')
+
+
+def _run(args, log_path):
+    start = time.time()
+    with open(log_path, 'w') as log:
+        code = subprocess.call([sys.executable] + args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0:
+        with open(log_path) as f:
+            tail = f.read().strip().splitlines()[-1:]
+        raise PPKDError(f'{" ".join(args[:3])} failed (exit {code}), see {log_path}: {" ".join(tail)}')
+    return time.time() - start
+
+
+def _evaluate(cfg, weights, opts, log_path):
+    out = subprocess.run([sys.executable, 'tools/eval.py', '-c', cfg, '--json', '-o', *opts, f'weights={weights}'],
+                         capture_output=True, text=True, cwd=ROOT)
+    with open(log_path, 'w') as f:
+        f.write(out.stdout + out.stderr)
+    if out.returncode != 0:
+        raise PPKDError(f'evaluating {weights} failed, see {log_path}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows, classes):
+    head = ['model', 'mAP', *classes, 'params (M)', 'images/s', 'train (s)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in rows:
+        cells = [r['model'], f'{r["mAP"]:.2f}', *(f'{r["per_class"].get(c, 0.):.2f}' for c in classes),
+                 f'{r["params"] / 1e6:.2f}', f'{r["images_per_s"]:.1f}', f'{r["train_seconds"]:.0f}']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+@main_guard
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--dataset_dir', default=None,
+                   help='a VOC folder with trainval.txt, test.txt, label_list.txt (default: generate the shapes set)')
+    p.add_argument('-t', '--teacher', default=os.path.join(DEMO, 'teacher_yolov3_r18.yml'))
+    p.add_argument('-s', '--student', default=os.path.join(DEMO, 'student_yolov3_mobilenet_v1_x0.25.yml'))
+    p.add_argument('-d', '--distill', default=os.path.join(DEMO, 'distill_l2.yml'))
+    p.add_argument('--output_dir', default=os.path.join(ROOT, 'output', 'demo'))
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='overrides for all three runs')
+    args = p.parse_args(argv)
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    data = args.dataset_dir
+    if data is None:
+        data = os.path.join(ROOT, 'dataset', 'demo_shapes')
+        if not os.path.isfile(os.path.join(data, 'test.txt')):
+            make_shapes_voc(data)
+            print(f'generated the shapes data set in {data}')
+    opts = [f'dataset_dir={os.path.abspath(data)}', *args.opt]
+    plan = [('teacher', args.teacher, ['tools/train.py', '-c', args.teacher]),
+            ('baseline student', args.student, ['tools/train.py', '-c', args.student]),
+            ('distilled student', args.distill,
+             ['slim/distillation/distill.py', '-c', args.distill, '-t', args.teacher,
+              '--teacher_pretrained', os.path.join(out, 'teacher', 'model_final.pdparams')])]
+    rows = []
+    for name, cfg, cmd in plan:
+        run_dir = os.path.join(out, name.split()[0])
+        print(f'training the {name} ({os.path.relpath(cfg, ROOT)}), log: {run_dir}.log', flush=True)
+        seconds = _run(cmd + ['--output_dir', run_dir, '-o', *opts], run_dir + '.log')
+        result = _evaluate(cfg, os.path.join(run_dir, 'model_final.pdparams'), opts, run_dir + '.eval.log')
+        result.update(model=name, train_seconds=seconds)
+        rows.append(result)
+        print(f'  {name}: mAP {result["mAP"]:.2f}% in {seconds:.0f} s', flush=True)
+    classes = list(rows[0]['per_class'])
+    table = format_table(rows, classes)
+    atomic_write_text(os.path.join(out, 'results.md'), table + '\n')
+    atomic_write_text(os.path.join(out, 'results.json'), json.dumps(rows, indent=1) + '\n')
+    print('\nVOC mAP@0.5 (11-point) and per-class AP, %, on the test split:\n' + table)
+    print(f'\nwritten to {out}/results.md and results.json')
+
+
+if __name__ == '__main__':
+    main()
