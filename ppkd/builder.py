@@ -38,6 +38,9 @@ def check_same_classes(student_cfg, teacher_cfg):
 
 
 def distill_loss_names(cfg):
+    # `use_fine_grained_loss` is the switch PaddleDetection's distill.py had.
+    if cfg.get('use_fine_grained_loss'):
+        return ['YOLOv3FineGrainedDistill']
     section = cfg.get('distill') or {}
     names = section.get('losses') or DEFAULT_LOSSES.get(cfg['architecture'])
     if not names:

@@ -18,6 +18,7 @@ def _distill(teacher, out, *extra, opts=()):
                        *extra, '-o', *opts])
 
 
+@pytest.mark.smoke
 def test_distill_train_eval_and_logs(tiny_voc, tiny_teacher, tmp_path, caplog):
     with caplog.at_level('INFO'):
         assert _distill(tiny_teacher, tmp_path, '--eval', opts=tiny_opts(tiny_voc)) == 0
@@ -34,6 +35,7 @@ def test_distill_train_eval_and_logs(tiny_voc, tiny_teacher, tmp_path, caplog):
     assert code == 0
 
 
+@pytest.mark.smoke
 def test_resume_is_exact(tiny_voc, tiny_teacher, tmp_path):
     two = tiny_opts(tiny_voc, 'epoch=2')
     assert _distill(tiny_teacher, tmp_path / 'straight', opts=two) == 0
@@ -50,6 +52,7 @@ def test_resume_is_exact(tiny_voc, tiny_teacher, tmp_path):
     assert sa['optimizer']['LR_Scheduler'] == sb['optimizer']['LR_Scheduler']
 
 
+@pytest.mark.smoke
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_voc, tiny_teacher, tmp_path, capsys):
     assert _distill(tiny_teacher, tmp_path, opts=tiny_opts(tiny_voc)) == 0
     good = open(tmp_path / 'model_final.pdparams', 'rb').read()
@@ -61,6 +64,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_voc, tiny_teacher,
     assert open(tmp_path / 'model_final.pdparams', 'rb').read() == good
 
 
+@pytest.mark.smoke
 def test_to_static_distill(tiny_voc, tiny_teacher, tmp_path):
     assert _distill(tiny_teacher, tmp_path, '--to_static', opts=tiny_opts(tiny_voc)) == 0
     assert os.path.isfile(tmp_path / 'model_final.pdparams')

@@ -127,6 +127,7 @@ def test_zero_area_and_inverted_boxes_dropped(tmp_path):
     assert ann['boxes'].tolist() == [[1, 2, 50, 79]]
 
 
+@pytest.mark.smoke
 def test_reader_transform_error_does_not_hang(tiny_voc, tmp_path):
     """A corrupt image with worker_num 0 used to hang the process; now it
     is an error naming the image. Run in a child with a timeout, so a

@@ -6,6 +6,7 @@ import pytest
 
 from ppkd import config as cfgmod
 from ppkd.builder import build_distiller, build_model
+from ppkd.data.loader import build_reader, epoch_batches
 from ppkd.engine.checkpoint import save_checkpoint
 from ppkd.engine.trainer import Trainer
 from ppkd.errors import PPKDError
@@ -26,6 +27,7 @@ def _bn_state(layer):
     return {k: v.numpy().copy() for k, v in layer.state_dict().items()}
 
 
+@pytest.mark.smoke
 def test_teacher_frozen_through_training_steps(tiny_voc, tiny_teacher, tmp_path):
     _, weights = tiny_teacher
     model = build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), weights)
@@ -44,11 +46,12 @@ def test_teacher_frozen_through_training_steps(tiny_voc, tiny_teacher, tmp_path)
     assert not trainable & {id(p) for p in model.teacher.parameters()}
 
 
+@pytest.mark.smoke
 def test_distill_step_outputs_and_no_teacher_gradient(tiny_voc, tiny_teacher):
     model = build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), tiny_teacher[1])
     model.train()
     cfg = _student_cfg(tiny_voc)
-    batch = next(iter(cfgmod.build(cfg, 'TrainReader')(cfg['TrainDataset'], 0)))
+    batch = next(epoch_batches(build_reader(cfg, 'Train')))
     out = model(batch)
     total = float(out['det_loss']) + 0.0001 * float(out['distill_l2'])
     assert float(out['loss']) == pytest.approx(total, rel=1e-5)
@@ -100,3 +103,15 @@ def test_recorder_names_unknown_layer():
     rec = OutputRecorder(layer, ['0'])
     layer(paddle.ones([1, 2]))
     assert list(rec.outputs) == ['0']
+
+
+def test_use_fine_grained_loss_switch(tiny_voc, tiny_teacher):
+    cfg = _student_cfg(tiny_voc, 'use_fine_grained_loss=true', 'YOLOv3FineGrainedDistill.weight=0.001')
+    model = build_distiller(cfg, _teacher_cfg(tiny_voc), tiny_teacher[1])
+    assert [type(loss).__name__ for loss in model.distill_losses] == ['YOLOv3FineGrainedDistill']
+    assert model.distill_losses[0].num_classes == 4  # shared num_classes
+    model.train()
+    batch = next(epoch_batches(build_reader(cfg, 'Train')))
+    out = model(batch)
+    terms = sum(float(out[k]) for k in ('distill_reg', 'distill_cls', 'distill_obj'))
+    assert float(out['loss']) == pytest.approx(float(out['det_loss']) + 0.001 * terms, rel=1e-5)

@@ -3,7 +3,9 @@ import paddle
 import pytest
 
 from ppkd.errors import PPKDError
-from ppkd.losses import yolov3_l2_distill
+from ppkd.losses import yolov3_fine_grained_distill, yolov3_l2_distill
+
+pytestmark = pytest.mark.smoke
 
 SHAPES = [(2, 3 * 9, 2, 2), (2, 3 * 9, 4, 4), (2, 3 * 9, 8, 8)]
 
@@ -44,3 +46,70 @@ def test_l2_refuses_other_head_layout():
         yolov3_l2_distill(s, t)
     with pytest.raises(PPKDError, match='2 output levels'):
         yolov3_l2_distill(s, s[:2])
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _bce(x, p):
+    return np.maximum(x, 0) - x * p + np.log1p(np.exp(-np.abs(x)))
+
+
+def _numpy_fine_grained(s_maps, t_maps, c, a=3):
+    out = {'reg': 0., 'cls': 0., 'obj': 0.}
+    for s, t in zip(s_maps, t_maps):
+        n, _, h, w = s.shape
+        s, t = s.reshape(n, a, 5 + c, h, w), t.reshape(n, a, 5 + c, h, w)
+        gate = _sigmoid(t[:, :, 4])
+        box = (_bce(s[:, :, 0], _sigmoid(t[:, :, 0])) + _bce(s[:, :, 1], _sigmoid(t[:, :, 1]))
+               + np.abs(s[:, :, 2] - t[:, :, 2]) + np.abs(s[:, :, 3] - t[:, :, 3]))
+        out['reg'] += (box * gate).mean()
+        out['cls'] += (_bce(s[:, :, 5:], _sigmoid(t[:, :, 5:])) * gate[:, :, None]).mean()
+        out['obj'] += _bce(s[:, :, 4], (t[:, :, 4] > 0).astype('float32')).mean()
+    return out
+
+
+def test_fine_grained_matches_numpy():
+    s, t = _maps(2), _maps(3)  # 27 channels = 3 anchors × (5 + 4 classes)
+    got = yolov3_fine_grained_distill([paddle.to_tensor(a) for a in s], [paddle.to_tensor(b) for b in t],
+                                      num_classes=4)
+    expected = _numpy_fine_grained(s, t, 4)
+    for k in ('reg', 'cls', 'obj'):
+        np.testing.assert_allclose(float(got[k]), expected[k], rtol=1e-5, err_msg=k)
+
+
+def test_fine_grained_equals_ppdet_distill_yolov3_loss():
+    """ppdet's DistillYOLOv3Loss reads [x, y, w, h, obj, cls] slices from each
+    model's YOLOv3Loss.distill_pairs; feed it the same maps."""
+    from types import SimpleNamespace
+    from ppdet.slim.distill_loss import DistillYOLOv3Loss
+
+    def as_model(maps, c=4, a=3):
+        pairs = []
+        for m in maps:
+            n, _, h, w = m.shape
+            p = paddle.to_tensor(m).reshape([n, a, 5 + c, h, w]).transpose([0, 1, 3, 4, 2])
+            pairs.append([p[..., 0:1], p[..., 1:2], p[..., 2:3], p[..., 3:4], p[..., 4:5], p[..., 5:]])
+        return SimpleNamespace(yolo_head=SimpleNamespace(loss=SimpleNamespace(distill_pairs=pairs)))
+
+    s, t = _maps(4), _maps(5)
+    theirs = float(DistillYOLOv3Loss(weight=1000)(as_model(t), as_model(s)))
+    ours = yolov3_fine_grained_distill([paddle.to_tensor(a) for a in s], [paddle.to_tensor(b) for b in t], 4)
+    np.testing.assert_allclose(1000 * float(ours['reg'] + ours['cls'] + ours['obj']), theirs, rtol=1e-5)
+
+
+def test_fine_grained_gradient_reaches_student_not_teacher():
+    paddle.seed(0)
+    student, teacher = paddle.nn.Conv2D(4, 27, 1), paddle.nn.Conv2D(4, 27, 1)
+    x = paddle.randn([2, 4, 4, 4])
+    terms = yolov3_fine_grained_distill([student(x)], [teacher(x)], num_classes=4)
+    paddle.add_n(list(terms.values())).backward()
+    assert float(student.weight.grad.abs().sum()) > 0
+    assert teacher.weight.grad is None
+
+
+def test_fine_grained_refuses_wrong_class_count():
+    s = [paddle.zeros(s) for s in SHAPES]
+    with pytest.raises(PPKDError, match=r'27 channels, expected 3 anchors × \(5 \+ 3 classes\) = 24'):
+        yolov3_fine_grained_distill(s, s, num_classes=3)

@@ -116,9 +116,18 @@ class Trainer:
                         epoch=epoch, extra_state=extra, best=self.best_map, model=self.model)
         logger.info('saved checkpoint %s', os.path.join(self.output_dir, name))
 
+    def _record(self, entry):
+        """Append one JSON line to `metrics.jsonl` in the output folder: the
+        logged losses and every evaluation, for plots and benchmarks."""
+        if self.rank == 0:
+            with open(os.path.join(self.output_dir, 'metrics.jsonl'), 'a') as f:
+                f.write(json.dumps(entry) + '\n')
+
     def _log(self, epoch, step, outputs, batch_cost, data_cost, batch_size, iters_left):
-        terms = '  '.join(f'{k}: {_scalar(v):.6f}' for k, v in outputs.items()
-                          if isinstance(v, paddle.Tensor) and v.size == 1)
+        values = {k: _scalar(v) for k, v in outputs.items() if isinstance(v, paddle.Tensor) and v.size == 1}
+        self._record({'type': 'train', 'epoch': epoch, 'iteration': epoch * self.steps_per_epoch + step,
+                      'lr': self.optimizer.get_lr(), 'batch_cost': batch_cost, **values})
+        terms = '  '.join(f'{k}: {v:.6f}' for k, v in values.items())
         eta = datetime.timedelta(seconds=int(batch_cost * iters_left))
         logger.info('Epoch: [%d] [%4d/%d] learning_rate: %.6f  %s  eta: %s  batch_cost: %.4f  '
                     'data_cost: %.4f  ips: %.4f images/s', epoch, step, self.steps_per_epoch,
@@ -185,6 +194,7 @@ class Trainer:
         self.model.train()
         result['epoch'] = epoch
         result['iteration'] = (epoch + 1) * self.steps_per_epoch
+        self._record({'type': 'eval', **result})
         logger.info('epoch %d: mAP(0.50, %s) = %.2f%%  per class: %s', epoch,
                     self.cfg.get('map_type', '11point'), result['mAP'],
                     json.dumps({k: round(v, 2) for k, v in result['per_class'].items()}))

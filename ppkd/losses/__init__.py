@@ -5,6 +5,8 @@ registered `nn.Layer`s with a `weight` that name the recorded layers they
 read, so a config picks a method by name.
 """
 from ppkd.losses.base import DistillLoss
-from ppkd.losses.yolov3 import YOLOv3L2Distill, yolov3_l2_distill
+from ppkd.losses.yolov3 import (YOLOv3FineGrainedDistill, YOLOv3L2Distill, yolov3_fine_grained_distill,
+                                yolov3_l2_distill)
 
-__all__ = ['DistillLoss', 'YOLOv3L2Distill', 'yolov3_l2_distill']
+__all__ = ['DistillLoss', 'YOLOv3FineGrainedDistill', 'YOLOv3L2Distill', 'yolov3_fine_grained_distill',
+           'yolov3_l2_distill']

@@ -1,5 +1,7 @@
-"""YOLOv3 logit distillation (METHODS.md §1)."""
+"""YOLOv3 distillation: L2 on the raw head maps (METHODS.md §1) and the
+fine-grained, objectness-gated loss (§2)."""
 import paddle
+import paddle.nn.functional as F
 
 from ppdet.core.workspace import register
 
@@ -44,3 +46,58 @@ class YOLOv3L2Distill(DistillLoss):
         s = [student[n] for n in self.student_layers]
         t = [teacher[n] for n in self.teacher_layers]
         return {'distill_l2': yolov3_l2_distill(s, t)}
+
+
+def _split_head_map(out, num_classes, num_anchors):
+    """[N, A·(5+C), H, W] → x, y, w, h, obj [N, A, H, W] and cls [N, A, C, H, W]
+    (ppdet's YOLOv3 head orders each anchor's channels x, y, w, h, obj, classes)."""
+    n, c, h, w = out.shape
+    if c != num_anchors * (5 + num_classes):
+        raise PPKDError(f'head output has {c} channels, expected {num_anchors} anchors × '
+                        f'(5 + {num_classes} classes) = {num_anchors * (5 + num_classes)}')
+    p = out.reshape([-1, num_anchors, 5 + num_classes, h, w])
+    return [p[:, :, i] for i in range(5)] + [p[:, :, 5:]]
+
+
+def _soft_bce(logits, target_logits):
+    return F.binary_cross_entropy_with_logits(logits, F.sigmoid(target_logits), reduction='none')
+
+
+def yolov3_fine_grained_distill(student_outputs, teacher_outputs, num_classes, num_anchors=3):
+    """The objectness-gated terms of METHODS.md §2, each the unweighted sum
+    over levels of a per-level mean: {'reg', 'cls', 'obj'}.
+
+    reg: (BCE(s_x, σ(t_x)) + BCE(s_y, σ(t_y)) + |s_w − t_w| + |s_h − t_h|) · σ(t_obj)
+    cls: BCE(s_cls, σ(t_cls)) · σ(t_obj), the gate broadcast over classes
+    obj: BCE(s_obj, 1[t_obj > 0])
+    """
+    check_same_layout(student_outputs, teacher_outputs)
+    reg, cls, obj = [], [], []
+    for s_out, t_out in zip(student_outputs, teacher_outputs):
+        sx, sy, sw, sh, sobj, scls = _split_head_map(s_out, num_classes, num_anchors)
+        tx, ty, tw, th, tobj, tcls = _split_head_map(t_out.detach(), num_classes, num_anchors)
+        gate = F.sigmoid(tobj)
+        box = _soft_bce(sx, tx) + _soft_bce(sy, ty) + paddle.abs(sw - tw) + paddle.abs(sh - th)
+        reg.append(paddle.mean(box * gate))
+        cls.append(paddle.mean(_soft_bce(scls, tcls) * gate.unsqueeze(2)))
+        obj_target = paddle.cast(tobj > 0., sobj.dtype)
+        obj.append(paddle.mean(F.binary_cross_entropy_with_logits(sobj, obj_target, reduction='none')))
+    return {'reg': paddle.add_n(reg), 'cls': paddle.add_n(cls), 'obj': paddle.add_n(obj)}
+
+
+@register
+class YOLOv3FineGrainedDistill(DistillLoss):
+    """The fine-grained, objectness-gated YOLOv3 loss (`use_fine_grained_loss`
+    in PaddleDetection's distill.py); default weight 1000."""
+    __shared__ = ['num_classes']
+
+    def __init__(self, weight=1000., num_classes=80, num_anchors=3, student_layers=None, teacher_layers=None):
+        super().__init__(weight, student_layers or YOLOV3_HEAD_OUTPUTS,
+                         teacher_layers or YOLOV3_HEAD_OUTPUTS)
+        self.num_classes, self.num_anchors = num_classes, num_anchors
+
+    def forward(self, student, teacher):
+        terms = yolov3_fine_grained_distill([student[n] for n in self.student_layers],
+                                            [teacher[n] for n in self.teacher_layers],
+                                            self.num_classes, self.num_anchors)
+        return {f'distill_{k}': v for k, v in terms.items()}

@@ -1,0 +1,147 @@
+"""BCCD: one YOLOv3-ResNet34 teacher, then the YOLOv3-MobileNetV1 student
+trained three ways (no teacher, L2, fine-grained) with the same schedule,
+data and seeds, evaluated on BCCD's official test split.
+
+    .venv/bin/python bench/bccd_yolov3.py [--input_size 160] [--seeds 0 1]
+
+Writes bench/results/bccd_yolov3.{md,json,png}. The teacher is trained once
+into the work folder and reused by later runs.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import ppkd  # noqa: E402,F401
+from ppkd.data.split import split_voc  # noqa: E402
+from ppkd.utils import atomic_write_text  # noqa: E402
+
+CFG = os.path.join(ROOT, 'configs', 'bccd')
+METHODS = {
+    'no teacher': ('tools/train.py', 'student_yolov3_mobilenet_v1.yml', []),
+    'L2': ('slim/distillation/distill.py', 'distill_l2.yml', []),
+    'fine-grained': ('slim/distillation/distill.py', 'distill_fine_grained.yml', []),
+}
+
+
+def run(cmd, log):
+    start = time.time()
+    with open(log, 'w') as f:
+        code = subprocess.call([sys.executable] + cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code:
+        sys.exit(f'error: {" ".join(cmd[:3])} failed (exit {code}), see {log}')
+    return time.time() - start
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if r['type'] == 'eval'], [r for r in rows if r['type'] == 'train']
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float('nan')
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--dataset', default=os.path.normpath(os.path.join(ROOT, '..', 'shared', 'datasets', 'BCCD')))
+    p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', 'bench_bccd'))
+    p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'bccd_yolov3'))
+    p.add_argument('--input_size', type=int, default=160)
+    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--teacher_epochs', type=int, default=12)
+    p.add_argument('--student_epochs', type=int, default=10)
+    p.add_argument('--snapshot_epoch', type=int, default=2)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
+    args = p.parse_args()
+    os.makedirs(args.work_dir, exist_ok=True)
+    lists = os.path.join(args.work_dir, 'lists')
+    split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists)
+    common = [f'dataset_dir={lists}', f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
+              f'snapshot_epoch={args.snapshot_epoch}', 'worker_num=2']
+
+    def schedule(epochs):
+        # Warm-up, then a 10× drop for the last sixth of the epochs.
+        return [f'epoch={epochs}', 'LearningRate.schedulers=[{name: PiecewiseDecay, gamma: 0.1, milestones: [%d]},'
+                ' {name: LinearWarmup, start_factor: 0.1, steps: 50}]' % max(1, epochs - max(1, epochs // 6))]
+
+    teacher_dir = os.path.join(args.work_dir, 'teacher_r34')
+    teacher_cfg = os.path.join(CFG, 'teacher_yolov3_r34.yml')
+    teacher_weights = os.path.join(teacher_dir, 'model_final.pdparams')
+    if not os.path.isfile(teacher_weights):
+        print('training the teacher', flush=True)
+        seconds = run(['tools/train.py', '-c', teacher_cfg, '--eval', '--output_dir', teacher_dir,
+                       '-o', *common, *schedule(args.teacher_epochs)], teacher_dir + '.log')
+        atomic_write_text(os.path.join(teacher_dir, 'train_seconds'), f'{seconds:.0f}\n')
+    teacher_evals, _ = read_metrics(teacher_dir)
+    teacher_seconds = float(open(os.path.join(teacher_dir, 'train_seconds')).read())
+    results = {'settings': vars(args), 'teacher': {'mAP': teacher_evals[-1]['mAP'],
+                                                   'per_class': teacher_evals[-1]['per_class'],
+                                                   'train_seconds': teacher_seconds}, 'runs': []}
+    print(f'teacher: mAP {teacher_evals[-1]["mAP"]:.2f}', flush=True)
+    for method in args.methods:
+        script, cfg, extra = METHODS[method]
+        for seed in args.seeds:
+            out = os.path.join(args.work_dir, f'{method.replace(" ", "_")}_seed{seed}')
+            cmd = [script, '-c', os.path.join(CFG, cfg), '--eval', '--seed', str(seed), '--output_dir', out]
+            if script.startswith('slim'):
+                cmd += ['-t', teacher_cfg, '--teacher_pretrained', teacher_weights]
+            if os.path.exists(out):
+                subprocess.call(['rm', '-rf', out])
+            seconds = run(cmd + ['-o', *common, *schedule(args.student_epochs), *extra, *args.opt], out + '.log')
+            evals, train = read_metrics(out)
+            last = train[-1]
+            run_result = {'method': method, 'seed': seed, 'mAP': evals[-1]['mAP'],
+                          'best_mAP': max(e['mAP'] for e in evals), 'per_class': evals[-1]['per_class'],
+                          'train_seconds': seconds, 'curve': [(e['iteration'], e['mAP']) for e in evals],
+                          'last_losses': {k: v for k, v in last.items() if k.startswith(('det_loss', 'distill', 'loss'))}}
+            results['runs'].append(run_result)
+            print(f'{method} seed {seed}: mAP {run_result["mAP"]:.2f} in {seconds:.0f} s', flush=True)
+            write(results, args.out)
+
+
+def write(results, out):
+    classes = list(results['teacher']['per_class'])
+    head = ['model', 'seeds', 'mAP (mean)', 'mAP per seed', *classes, 'train s (mean)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    t = results['teacher']
+    lines.append('| teacher YOLOv3-R34 | 1 | %.2f | %.2f | %s | %.0f |' % (
+        t['mAP'], t['mAP'], ' | '.join('%.2f' % t['per_class'][c] for c in classes), t['train_seconds']))
+    for method in dict.fromkeys(r['method'] for r in results['runs']):
+        rs = [r for r in results['runs'] if r['method'] == method]
+        lines.append('| student, %s | %d | %.2f | %s | %s | %.0f |' % (
+            method, len(rs), mean([r['mAP'] for r in rs]), ', '.join('%.2f' % r['mAP'] for r in rs),
+            ' | '.join('%.2f' % mean([r['per_class'][c] for r in rs]) for c in classes),
+            mean([r['train_seconds'] for r in rs])))
+    s = results['settings']
+    note = (f'\nBCCD official split (trainval 292 / test 72), input {s["input_size"]} px, batch {s["batch_size"]}, '
+            f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '
+            'VOC mAP@0.5 11-point (%), last snapshot; per-class AP is the mean over seeds.\n')
+    atomic_write_text(out + '.md', '\n'.join(lines) + '\n' + note)
+    atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results['runs']:
+        xs, ys = zip(*r['curve'])
+        ax.plot(xs, ys, marker='o', label=f'{r["method"]} (seed {r["seed"]})')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('mAP@0.5 (%)')
+    ax.set_title('BCCD: YOLOv3-MobileNetV1 student')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out + '.png.tmp', format='png')
+    os.replace(out + '.png.tmp', out + '.png')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
