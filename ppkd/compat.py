@@ -62,9 +62,34 @@ def _carry_thread_errors(cls):
     cls._thread_loop, cls.__next__ = _thread_loop, __next__
 
 
+def _ppdet_export_on_paddle3():
+    """ppdet 2.6 exports by tracing the model into a legacy static program
+    (it prunes that program, and its NMS ops are built for the legacy IR).
+    Paddle 3 traces into PIR and, by default, with full_graph=False, where
+    `main_program` does not exist. Export needs FLAGS_enable_pir_api=0 (set
+    by tools/export.py before paddle loads) and full-graph tracing."""
+    from ppdet.engine import trainer
+    export = trainer.Trainer.export
+
+    @functools.wraps(export)
+    def _export(self, *args, **kwargs):
+        if paddle.get_flags(['FLAGS_enable_pir_api'])['FLAGS_enable_pir_api']:
+            raise PPKDError('exporting a ppdet 2.6 model on Paddle 3 needs FLAGS_enable_pir_api=0 '
+                            'in the environment before paddle is imported (tools/export.py sets it)')
+        to_static = paddle.jit.to_static
+        paddle.jit.to_static = functools.partial(to_static, full_graph=True)
+        try:
+            return export(self, *args, **kwargs)
+        finally:
+            paddle.jit.to_static = to_static
+
+    trainer.Trainer.export = _export
+
+
 # name → (needed on this stack?, fix)
 FIXES = {
     'loader_thread_errors': (lambda: paddle_version() <= (3, 3), _loader_thread_errors),
+    'ppdet_export_on_paddle3': (lambda: paddle_version() >= (3, 0), _ppdet_export_on_paddle3),
 }
 
 

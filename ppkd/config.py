@@ -63,16 +63,32 @@ def _merge(target, overrides, path=''):
             raise PPKDError(f'override {where}: {type(target).__name__} has no field {key!r}')
 
 
-def _read_yaml(path):
+def _read_yaml(path, seen=()):
+    """A YAML file with its `_BASE_` files merged under it (later bases over
+    earlier ones, the file over all), paths relative to the file.
+
+    ppdet's own `_load_config_with_base` merges the first base into its
+    process-wide config (an empty dict is falsy in its `merge_config`), which
+    would leak one config into the next; this reads with the same YAML
+    loader (ppdet's tags, e.g. `!VOCDataSet`) and merges privately.
+    """
     if not os.path.isfile(path):
         raise PPKDError(f'config not found: {path}')
+    if path in seen:
+        raise PPKDError(f'{path}: _BASE_ includes itself')
     try:
-        # ppdet resolves _BASE_ relative to each file and builds tagged objects.
-        return workspace._load_config_with_base(path)
+        with open(path) as f:
+            data = yaml.load(f, Loader=yaml.Loader) or {}
     except yaml.YAMLError as e:
         raise PPKDError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
-    except (FileNotFoundError, OSError) as e:
-        raise PPKDError(f'{path}: cannot read {e.filename or e}') from None
+    if not isinstance(data, dict):
+        raise PPKDError(f'{path}: expected a mapping at the top level')
+    merged = {}
+    for base in data.pop('_BASE_', None) or []:
+        base = os.path.join(os.path.dirname(path), os.path.expanduser(base))
+        workspace.dict_merge(merged, _read_yaml(base, seen + (path,)))
+    workspace.dict_merge(merged, data)
+    return merged
 
 
 def _apply_input_size(cfg):

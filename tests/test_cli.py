@@ -1,5 +1,7 @@
 """End to end: the command-line tools on the tiny generated set."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
@@ -103,3 +105,39 @@ def test_bccd_few_iterations(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'mAP(0.50, 11point) =' in out and 'Platelets' in out and 'WBC' in out
     assert '8 images' in out
+
+
+def _export_cmd(teacher, out, disable_fix=False):
+    cfg, weights = teacher
+    code = ('import os, sys, runpy\n'
+            "os.environ.setdefault('FLAGS_enable_pir_api', '0')\n"
+            'from ppkd import compat\n'
+            + ("compat.FIXES.pop('ppdet_export_on_paddle3')\n" if disable_fix else '')
+            + f"sys.argv = ['export', '-c', {cfg!r}, '-o', 'weights={weights}', '--output_dir', {str(out)!r}]\n"
+            f"runpy.run_path({os.path.join(ROOT, 'tools', 'export.py')!r}, run_name='__main__')\n")
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.smoke
+def test_export_writes_inference_model(tiny_teacher, tmp_path):
+    r = _export_cmd(tiny_teacher, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = set(os.listdir(tmp_path / 'teacher_yolov3_r18'))
+    assert {'infer_cfg.yml', 'model.pdiparams'} <= files
+    assert files & {'model.pdmodel', 'model.json'}
+
+
+@pytest.mark.skipif(paddle.__version__.split('.')[0] < '3', reason='the fix is for Paddle 3')
+def test_export_needs_the_compat_fix_on_paddle3(tiny_teacher, tmp_path):
+    r = _export_cmd(tiny_teacher, tmp_path, disable_fix=True)
+    assert r.returncode != 0
+    assert "Can't call main_program when full_graph=False" in r.stderr
+
+
+def test_infer_draws_boxes(tiny_voc, tiny_teacher, tmp_path):
+    cfg, weights = tiny_teacher
+    img = os.path.join(tiny_voc, 'JPEGImages', 'shapes_0000.jpg')
+    code = run_script('tools/infer.py', ['-c', cfg, '-o', *tiny_opts(tiny_voc), f'weights={weights}',
+                                          '--infer_img', img, '--output_dir', str(tmp_path), '--draw_threshold', '0'])
+    assert code == 0
+    assert os.path.isfile(tmp_path / 'shapes_0000.jpg')

@@ -65,3 +65,21 @@ def test_configs_are_isolated():
     a = cfgmod.load_config(STUDENT, ['MobileNet.scale=0.5'])
     b = cfgmod.load_config(STUDENT)
     assert a['MobileNet']['scale'] == 0.5 and b['MobileNet']['scale'] == 0.25
+
+
+def test_loading_leaves_ppdet_registry_untouched():
+    """ppdet's _load_config_with_base merges a file's first base into the
+    process-wide config, so a Momentum optimizer from one config leaked into
+    an Adam one loaded later."""
+    from ppdet.core import workspace
+    cfgmod.load_config(os.path.join(CONFIGS, 'bccd', 'student_yolov3_mobilenet_v1.yml'))
+    assert dict(workspace.get_registered_modules()['OptimizerBuilder']) == {}
+    demo = cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml'))
+    assert demo['OptimizerBuilder']['optimizer'] == {'type': 'Adam'}
+
+
+def test_base_cycle_refused(tmp_path):
+    (tmp_path / 'a.yml').write_text('_BASE_: [b.yml]\n')
+    (tmp_path / 'b.yml').write_text('_BASE_: [a.yml]\n')
+    with pytest.raises(PPKDError, match='includes itself'):
+        cfgmod.load_config(str(tmp_path / 'a.yml'))
