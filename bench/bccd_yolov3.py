@@ -25,6 +25,9 @@ METHODS = {
     'no teacher': ('tools/train.py', 'student_yolov3_mobilenet_v1.yml', []),
     'L2': ('slim/distillation/distill.py', 'distill_l2.yml', []),
     'fine-grained': ('slim/distillation/distill.py', 'distill_fine_grained.yml', []),
+    # The same loss at a tenth of the weight: is the scale what hurts?
+    'fine-grained w=100': ('slim/distillation/distill.py', 'distill_fine_grained.yml',
+                           ['YOLOv3FineGrainedDistill.weight=100']),
 }
 
 
@@ -55,7 +58,7 @@ def main():
     p.add_argument('--input_size', type=int, default=160)
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--teacher_epochs', type=int, default=12)
-    p.add_argument('--student_epochs', type=int, default=10)
+    p.add_argument('--student_epochs', type=int, default=8)
     p.add_argument('--snapshot_epoch', type=int, default=2)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
@@ -86,10 +89,11 @@ def main():
                                                    'per_class': teacher_evals[-1]['per_class'],
                                                    'train_seconds': teacher_seconds}, 'runs': []}
     print(f'teacher: mAP {teacher_evals[-1]["mAP"]:.2f}', flush=True)
-    for method in args.methods:
-        script, cfg, extra = METHODS[method]
-        for seed in args.seeds:
-            out = os.path.join(args.work_dir, f'{method.replace(" ", "_")}_seed{seed}')
+    # Seed by seed, so a cut-short run still compares every method.
+    for seed in args.seeds:
+        for method in args.methods:
+            script, cfg, extra = METHODS[method]
+            out = os.path.join(args.work_dir, f'{method.replace(" ", "_").replace("=", "")}_seed{seed}')
             cmd = [script, '-c', os.path.join(CFG, cfg), '--eval', '--seed', str(seed), '--output_dir', out]
             if script.startswith('slim'):
                 cmd += ['-t', teacher_cfg, '--teacher_pretrained', teacher_weights]
@@ -97,11 +101,11 @@ def main():
                 subprocess.call(['rm', '-rf', out])
             seconds = run(cmd + ['-o', *common, *schedule(args.student_epochs), *extra, *args.opt], out + '.log')
             evals, train = read_metrics(out)
-            last = train[-1]
             run_result = {'method': method, 'seed': seed, 'mAP': evals[-1]['mAP'],
                           'best_mAP': max(e['mAP'] for e in evals), 'per_class': evals[-1]['per_class'],
                           'train_seconds': seconds, 'curve': [(e['iteration'], e['mAP']) for e in evals],
-                          'last_losses': {k: v for k, v in last.items() if k.startswith(('det_loss', 'distill', 'loss'))}}
+                          'losses': {when: {k: v for k, v in train[i].items() if k.startswith(('det_loss', 'distill', 'loss'))}
+                                     for when, i in (('first', 0), ('last', -1))}}
             results['runs'].append(run_result)
             print(f'{method} seed {seed}: mAP {run_result["mAP"]:.2f} in {seconds:.0f} s', flush=True)
             write(results, args.out)
@@ -120,6 +124,13 @@ def write(results, out):
             method, len(rs), mean([r['mAP'] for r in rs]), ', '.join('%.2f' % r['mAP'] for r in rs),
             ' | '.join('%.2f' % mean([r['per_class'][c] for r in rs]) for c in classes),
             mean([r['train_seconds'] for r in rs])))
+    lines += ['', 'Loss scale, first → last logged iteration (distillation = total − detection, weighted):', '',
+              '| run | detection loss | distillation |', '|---|---|---|']
+    for r in results['runs']:
+        f, l = r['losses']['first'], r['losses']['last']
+        det = '%.1f → %.1f' % (f.get('det_loss', f['loss']), l.get('det_loss', l['loss']))
+        dis = ('%.1f → %.1f' % (f['loss'] - f['det_loss'], l['loss'] - l['det_loss'])) if 'det_loss' in f else '—'
+        lines.append(f'| {r["method"]}, seed {r["seed"]} | {det} | {dis} |')
     s = results['settings']
     note = (f'\nBCCD official split (trainval 292 / test 72), input {s["input_size"]} px, batch {s["batch_size"]}, '
             f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '

@@ -6,7 +6,7 @@ import ppkd  # noqa: F401  (first: sets the CPU thread count before paddle loads
 from ppkd import config as cfgmod
 from ppkd.builder import build_model
 from ppkd.cli import main_guard, train_parser
-from ppkd.engine.trainer import Trainer, setup_logging, setup_run
+from ppkd.engine.trainer import setup_logging, setup_run, train_from_args
 
 
 @main_guard
@@ -15,11 +15,7 @@ def main(argv=None):
     setup_logging()
     cfg = cfgmod.load_config(args.config, args.opt)
     setup_run(cfg, args.seed)
-    trainer = Trainer(cfg, build_model(cfg), args.output_dir, eval=args.eval, seed=args.seed,
-                      to_static=args.to_static)
-    if args.resume:
-        trainer.resume(args.resume)
-    trainer.train()
+    train_from_args(cfg, build_model(cfg), args)
 
 
 if __name__ == '__main__':

@@ -203,3 +203,12 @@ class Trainer:
             self._save('best_model', epoch)
             logger.info('best model so far: mAP %.2f%% at epoch %d', self.best_map, epoch)
         return result
+
+
+def train_from_args(cfg, model, args):
+    """What tools/train.py and distill.py share after building the model:
+    the flags of `ppkd.cli.train_parser` applied, then training."""
+    trainer = Trainer(cfg, model, args.output_dir, eval=args.eval, seed=args.seed, to_static=args.to_static)
+    if args.resume:
+        trainer.resume(args.resume)
+    return trainer.train()

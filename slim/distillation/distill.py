@@ -7,7 +7,7 @@ import ppkd  # noqa: F401  (first: sets the CPU thread count before paddle loads
 from ppkd import config as cfgmod
 from ppkd.builder import build_distiller
 from ppkd.cli import main_guard, train_parser
-from ppkd.engine.trainer import Trainer, setup_logging, setup_run
+from ppkd.engine.trainer import setup_logging, setup_run, train_from_args
 
 
 @main_guard
@@ -20,12 +20,7 @@ def main(argv=None):
     student_cfg = cfgmod.load_config(args.config, args.opt)
     teacher_cfg = cfgmod.load_config(args.teacher_config)
     setup_run(student_cfg, args.seed)
-    model = build_distiller(student_cfg, teacher_cfg, args.teacher_pretrained)
-    trainer = Trainer(student_cfg, model, args.output_dir, eval=args.eval, seed=args.seed,
-                      to_static=args.to_static)
-    if args.resume:
-        trainer.resume(args.resume)
-    trainer.train()
+    train_from_args(student_cfg, build_distiller(student_cfg, teacher_cfg, args.teacher_pretrained), args)
 
 
 if __name__ == '__main__':
