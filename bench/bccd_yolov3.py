@@ -32,12 +32,36 @@ METHODS = {
 
 
 def run(cmd, log):
+    """Seconds taken, and the `error:` line of a run that stopped (e.g. a
+    diverged loss), which is a result to report, not a reason to stop."""
     start = time.time()
     with open(log, 'w') as f:
         code = subprocess.call([sys.executable] + cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    seconds = time.time() - start
     if code:
-        sys.exit(f'error: {" ".join(cmd[:3])} failed (exit {code}), see {log}')
-    return time.time() - start
+        with open(log) as f:
+            errors = [line.strip() for line in f if line.startswith('error: ')]
+        if not errors:
+            sys.exit(f'error: {" ".join(cmd[:3])} failed (exit {code}), see {log}')
+        return seconds, errors[-1][len('error: '):]
+    return seconds, None
+
+
+def run_once(cmd, out):
+    """`run`, unless `out` holds a finished run of the same command (its
+    seconds and outcome are kept in out/bench_run.json)."""
+    record = os.path.join(out, 'bench_run.json')
+    if os.path.isfile(record):
+        with open(record) as f:
+            done = json.load(f)
+        if done['cmd'] == cmd:
+            return done['seconds'], done['error']
+    if os.path.exists(out):
+        subprocess.call(['rm', '-rf', out])
+    seconds, error = run(cmd, out + '.log')
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(record, json.dumps({'cmd': cmd, 'seconds': seconds, 'error': error}))
+    return seconds, error
 
 
 def read_metrics(out_dir):
@@ -80,8 +104,10 @@ def main():
     teacher_weights = os.path.join(teacher_dir, 'model_final.pdparams')
     if not os.path.isfile(teacher_weights):
         print('training the teacher', flush=True)
-        seconds = run(['tools/train.py', '-c', teacher_cfg, '--eval', '--output_dir', teacher_dir,
-                       '-o', *common, *schedule(args.teacher_epochs)], teacher_dir + '.log')
+        seconds, error = run(['tools/train.py', '-c', teacher_cfg, '--eval', '--output_dir', teacher_dir,
+                              '-o', *common, *schedule(args.teacher_epochs)], teacher_dir + '.log')
+        if error:
+            sys.exit(f'error: the teacher did not train: {error}')
         atomic_write_text(os.path.join(teacher_dir, 'train_seconds'), f'{seconds:.0f}\n')
     teacher_evals, _ = read_metrics(teacher_dir)
     teacher_seconds = float(open(os.path.join(teacher_dir, 'train_seconds')).read())
@@ -97,17 +123,18 @@ def main():
             cmd = [script, '-c', os.path.join(CFG, cfg), '--eval', '--seed', str(seed), '--output_dir', out]
             if script.startswith('slim'):
                 cmd += ['-t', teacher_cfg, '--teacher_pretrained', teacher_weights]
-            if os.path.exists(out):
-                subprocess.call(['rm', '-rf', out])
-            seconds = run(cmd + ['-o', *common, *schedule(args.student_epochs), *extra, *args.opt], out + '.log')
+            cmd += ['-o', *common, *schedule(args.student_epochs), *extra, *args.opt]
+            seconds, error = run_once(cmd, out)
             evals, train = read_metrics(out)
-            run_result = {'method': method, 'seed': seed, 'mAP': evals[-1]['mAP'],
-                          'best_mAP': max(e['mAP'] for e in evals), 'per_class': evals[-1]['per_class'],
+            final = evals[-1] if evals and not error else {'mAP': 0., 'per_class': {c: 0. for c in teacher_evals[-1]['per_class']}}
+            run_result = {'method': method, 'seed': seed, 'mAP': final['mAP'], 'error': error,
+                          'best_mAP': max([e['mAP'] for e in evals] or [0.]), 'per_class': final['per_class'],
                           'train_seconds': seconds, 'curve': [(e['iteration'], e['mAP']) for e in evals],
                           'losses': {when: {k: v for k, v in train[i].items() if k.startswith(('det_loss', 'distill', 'loss'))}
                                      for when, i in (('first', 0), ('last', -1))}}
             results['runs'].append(run_result)
-            print(f'{method} seed {seed}: mAP {run_result["mAP"]:.2f} in {seconds:.0f} s', flush=True)
+            print(f'{method} seed {seed}: mAP {run_result["mAP"]:.2f} in {seconds:.0f} s'
+                  + (f' (stopped: {error})' if error else ''), flush=True)
             write(results, args.out)
 
 
@@ -121,7 +148,8 @@ def write(results, out):
     for method in dict.fromkeys(r['method'] for r in results['runs']):
         rs = [r for r in results['runs'] if r['method'] == method]
         lines.append('| student, %s | %d | %.2f | %s | %s | %.0f |' % (
-            method, len(rs), mean([r['mAP'] for r in rs]), ', '.join('%.2f' % r['mAP'] for r in rs),
+            method, len(rs), mean([r['mAP'] for r in rs]),
+            ', '.join('%.2f' % r['mAP'] + (' (diverged)' if r.get('error') else '') for r in rs),
             ' | '.join('%.2f' % mean([r['per_class'][c] for r in rs]) for c in classes),
             mean([r['train_seconds'] for r in rs])))
     lines += ['', 'Loss scale, first → last logged iteration (distillation = total − detection, weighted):', '',
@@ -131,6 +159,10 @@ def write(results, out):
         det = '%.1f → %.1f' % (f.get('det_loss', f['loss']), l.get('det_loss', l['loss']))
         dis = ('%.1f → %.1f' % (f['loss'] - f['det_loss'], l['loss'] - l['det_loss'])) if 'det_loss' in f else '—'
         lines.append(f'| {r["method"]}, seed {r["seed"]} | {det} | {dis} |')
+    stopped = [r for r in results['runs'] if r.get('error')]
+    if stopped:
+        lines += ['', 'Runs that stopped (counted as 0 mAP):', '']
+        lines += [f'- {r["method"]}, seed {r["seed"]}: {r["error"]}' for r in stopped]
     s = results['settings']
     note = (f'\nBCCD official split (trainval 292 / test 72), input {s["input_size"]} px, batch {s["batch_size"]}, '
             f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '
@@ -142,6 +174,8 @@ def write(results, out):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results['runs']:
+        if not r['curve']:
+            continue
         xs, ys = zip(*r['curve'])
         ax.plot(xs, ys, marker='o', label=f'{r["method"]} (seed {r["seed"]})')
     ax.set_xlabel('iteration')
