@@ -5,12 +5,13 @@ import contextlib
 from ppdet.engine import Trainer as PPDetTrainer
 
 from ppkd import config as cfgmod
+from ppkd.engine.trainer import setup_run
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
 
 
 @contextlib.contextmanager
-def ppdet_trainer(config_path, overrides, setup_run):
+def ppdet_trainer(config_path, overrides):
     """A ppdet Trainer (mode 'test') for the config, with `weights` loaded
     strictly, the config active for ppdet's `create` calls inside."""
     cfg = cfgmod.load_config(config_path, overrides)

@@ -13,7 +13,7 @@ os.environ.setdefault('FLAGS_enable_pir_api', '0')
 
 import ppkd  # noqa: E402,F401  (before paddle: sets the CPU thread count)
 from ppkd.cli import main_guard
-from ppkd.engine.trainer import setup_logging, setup_run
+from ppkd.engine.trainer import setup_logging
 from ppkd.predictor import ppdet_trainer
 
 
@@ -25,7 +25,7 @@ def main(argv=None):
     p.add_argument('--output_dir', default='output_inference')
     args = p.parse_args(argv)
     setup_logging()
-    with ppdet_trainer(args.config, args.opt, setup_run) as trainer:
+    with ppdet_trainer(args.config, args.opt) as trainer:
         trainer.export(args.output_dir)
 
 

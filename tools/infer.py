@@ -10,7 +10,7 @@ import os
 import ppkd  # noqa: F401  (first: sets the CPU thread count before paddle loads)
 from ppkd.cli import main_guard
 from ppkd.data.split import IMAGE_EXTS
-from ppkd.engine.trainer import setup_logging, setup_run
+from ppkd.engine.trainer import setup_logging
 from ppkd.errors import PPKDError
 from ppkd.predictor import ppdet_trainer
 
@@ -41,7 +41,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     setup_logging()
     images = _images(args.infer_img, args.infer_dir)
-    with ppdet_trainer(args.config, args.opt, setup_run) as trainer:
+    with ppdet_trainer(args.config, args.opt) as trainer:
         trainer.predict(images, draw_threshold=args.draw_threshold, output_dir=args.output_dir,
                         save_results=args.save_results)
 

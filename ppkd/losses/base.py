@@ -18,6 +18,11 @@ class DistillLoss(nn.Layer):
         self.student_layers = list(student_layers)
         self.teacher_layers = list(teacher_layers)
 
+    def gather(self, student, teacher):
+        """The recorded outputs this loss reads, in its layer order:
+        (student list, teacher list)."""
+        return [student[n] for n in self.student_layers], [teacher[n] for n in self.teacher_layers]
+
     def forward(self, student, teacher):
         """`student`/`teacher`: {layer name: output}. Returns {term: loss}."""
         raise NotImplementedError

@@ -43,9 +43,7 @@ class YOLOv3L2Distill(DistillLoss):
                          teacher_layers or YOLOV3_HEAD_OUTPUTS)
 
     def forward(self, student, teacher):
-        s = [student[n] for n in self.student_layers]
-        t = [teacher[n] for n in self.teacher_layers]
-        return {'distill_l2': yolov3_l2_distill(s, t)}
+        return {'distill_l2': yolov3_l2_distill(*self.gather(student, teacher))}
 
 
 def _split_head_map(out, num_classes, num_anchors):
@@ -103,7 +101,5 @@ class YOLOv3FineGrainedDistill(DistillLoss):
         self.num_classes, self.num_anchors = num_classes, num_anchors
 
     def forward(self, student, teacher):
-        terms = yolov3_fine_grained_distill([student[n] for n in self.student_layers],
-                                            [teacher[n] for n in self.teacher_layers],
-                                            self.num_classes, self.num_anchors)
+        terms = yolov3_fine_grained_distill(*self.gather(student, teacher), self.num_classes, self.num_anchors)
         return {f'distill_{k}': v for k, v in terms.items()}
