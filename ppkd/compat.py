@@ -3,6 +3,7 @@ need it and applied once by `apply()`.
 
 Never a copy of ppdet's or Paddle's code: each fix wraps the narrowest point.
 """
+import contextlib
 import functools
 
 import paddle
@@ -10,6 +11,27 @@ import paddle
 from ppkd.errors import PPKDError
 
 _applied = set()
+# fix name → [(owner, attribute, original value)], so a test can undo one fix.
+_patches = {}
+
+
+def _patch(fix, owner, attr, value):
+    _patches.setdefault(fix, []).append((owner, attr, getattr(owner, attr)))
+    setattr(owner, attr, value)
+
+
+@contextlib.contextmanager
+def disabled(name):
+    """Run with fix `name` undone (for the tests that show it is needed)."""
+    patches = _patches.get(name, [])
+    current = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+    for owner, attr, original in patches:
+        setattr(owner, attr, original)
+    try:
+        yield
+    finally:
+        for owner, attr, value in current:
+            setattr(owner, attr, value)
 
 
 def paddle_version():
@@ -59,21 +81,23 @@ def _carry_thread_errors(cls):
             raise error
         raise PPKDError(f'data reader failed: {type(error).__name__}: {error}') from error
 
-    cls._thread_loop, cls.__next__ = _thread_loop, __next__
+    _patch('loader_thread_errors', cls, '_thread_loop', _thread_loop)
+    _patch('loader_thread_errors', cls, '__next__', __next__)
 
 
-def _ppdet_export_on_paddle3():
+def _ppdet_export_full_graph():
     """ppdet 2.6 exports by tracing the model into a legacy static program
     (it prunes that program, and its NMS ops are built for the legacy IR).
-    Paddle 3 traces into PIR and, by default, with full_graph=False, where
-    `main_program` does not exist. Export needs FLAGS_enable_pir_api=0 (set
-    by tools/export.py before paddle loads) and full-graph tracing."""
+    Paddle 2.6 and 3 trace by default with full_graph=False (bytecode
+    translation), where `main_program` does not exist; Paddle 3 also traces
+    into PIR. Export needs full-graph tracing and, on Paddle 3,
+    FLAGS_enable_pir_api=0 (set by tools/export.py before paddle loads)."""
     from ppdet.engine import trainer
     export = trainer.Trainer.export
 
     @functools.wraps(export)
     def _export(self, *args, **kwargs):
-        if paddle.get_flags(['FLAGS_enable_pir_api'])['FLAGS_enable_pir_api']:
+        if paddle_version() >= (3, 0) and paddle.get_flags(['FLAGS_enable_pir_api'])['FLAGS_enable_pir_api']:
             raise PPKDError('exporting a ppdet 2.6 model on Paddle 3 needs FLAGS_enable_pir_api=0 '
                             'in the environment before paddle is imported (tools/export.py sets it)')
         to_static = paddle.jit.to_static
@@ -83,13 +107,70 @@ def _ppdet_export_on_paddle3():
         finally:
             paddle.jit.to_static = to_static
 
-    trainer.Trainer.export = _export
+    _patch('ppdet_export_full_graph', trainer.Trainer, 'export', _export)
+
+
+class _PaddleConcat0D:
+    """The `paddle` module as one ppdet module sees it, except that `concat`
+    takes 0-D tensors as 1-element ones, as it did before Paddle 2.5 made
+    `paddle.shape(x)[0]` and `x[i]` 0-D."""
+
+    def __getattr__(self, name):
+        return getattr(paddle, name)
+
+    @staticmethod
+    def concat(x, axis=0, name=None):
+        if isinstance(x, (list, tuple)):
+            x = [t.reshape([1]) if isinstance(t, paddle.Tensor) and t.ndim == 0 else t for t in x]
+        return paddle.concat(x, axis=axis, name=name)
+
+
+def _concat_0d_during(fix, owner, attr, module):
+    """Wrap `owner.attr` so that, while it runs, `module` (where the failing
+    `paddle.concat` calls live) sees `_PaddleConcat0D` as `paddle`."""
+    method = getattr(owner, attr)
+
+    @functools.wraps(method)
+    def _method(*args, **kwargs):
+        module.paddle = _PaddleConcat0D()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            module.paddle = paddle
+
+    _patch(fix, owner, attr, _method)
+
+
+def _rpn_proposals_0d():
+    """RPNHead._gen_proposal concatenates the per-image `paddle.shape(rois)[0]`."""
+    from ppdet.modeling.proposal_generator import rpn_head
+    _concat_0d_during('rpn_proposals_0d', rpn_head.RPNHead, '_gen_proposal', rpn_head)
+
+
+def _proposal_targets_0d():
+    """generate_proposal_target (called by BBoxAssigner) concatenates the
+    per-image `paddle.shape(sampled_inds)[0]`."""
+    from ppdet.modeling.proposal_generator import target, target_layer
+    _concat_0d_during('proposal_targets_0d', target_layer.BBoxAssigner, '__call__', target)
+
+
+def _bbox_get_pred_0d():
+    """BBoxPostProcess.get_pred concatenates `bbox_num[i]` and `scale_factor[i][0]`."""
+    from ppdet.modeling import post_process
+    _concat_0d_during('bbox_get_pred_0d', post_process.BBoxPostProcess, 'get_pred', post_process)
+
+
+def _zero_d_tensors():
+    return paddle_version() >= (2, 5)
 
 
 # name → (needed on this stack?, fix)
 FIXES = {
     'loader_thread_errors': (lambda: paddle_version() <= (3, 3), _loader_thread_errors),
-    'ppdet_export_on_paddle3': (lambda: paddle_version() >= (3, 0), _ppdet_export_on_paddle3),
+    'ppdet_export_full_graph': (lambda: paddle_version() >= (2, 6), _ppdet_export_full_graph),
+    'rpn_proposals_0d': (_zero_d_tensors, _rpn_proposals_0d),
+    'proposal_targets_0d': (_zero_d_tensors, _proposal_targets_0d),
+    'bbox_get_pred_0d': (_zero_d_tensors, _bbox_get_pred_0d),
 }
 
 

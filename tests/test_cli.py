@@ -112,7 +112,7 @@ def _export_cmd(teacher, out, disable_fix=False):
     code = ('import os, sys, runpy\n'
             "os.environ.setdefault('FLAGS_enable_pir_api', '0')\n"
             'from ppkd import compat\n'
-            + ("compat.FIXES.pop('ppdet_export_on_paddle3')\n" if disable_fix else '')
+            + ("compat.FIXES.pop('ppdet_export_full_graph')\n" if disable_fix else '')
             + f"sys.argv = ['export', '-c', {cfg!r}, '-o', 'weights={weights}', '--output_dir', {str(out)!r}]\n"
             f"runpy.run_path({os.path.join(ROOT, 'tools', 'export.py')!r}, run_name='__main__')\n")
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
@@ -127,8 +127,8 @@ def test_export_writes_inference_model(tiny_teacher, tmp_path):
     assert files & {'model.pdmodel', 'model.json'}
 
 
-@pytest.mark.skipif(paddle.__version__.split('.')[0] < '3', reason='the fix is for Paddle 3')
-def test_export_needs_the_compat_fix_on_paddle3(tiny_teacher, tmp_path):
+@pytest.mark.smoke
+def test_export_needs_the_compat_fix(tiny_teacher, tmp_path):
     r = _export_cmd(tiny_teacher, tmp_path, disable_fix=True)
     assert r.returncode != 0
     assert "Can't call main_program when full_graph=False" in r.stderr
