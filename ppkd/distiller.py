@@ -22,6 +22,8 @@ class Distiller(nn.Layer):
         self.student = student
         self.teacher = freeze(teacher)
         self.distill_losses = nn.LayerList(losses)
+        for loss in losses:
+            loss.bind(student, teacher)
         self.student_recorder = OutputRecorder(
             student, [n for loss in losses for n in loss.student_layers], 'student')
         self.teacher_recorder = OutputRecorder(
@@ -35,6 +37,17 @@ class Distiller(nn.Layer):
     def trainable_parameters(self):
         return [p for p in self.parameters() if not p.stop_gradient]
 
+    def _detection_loss(self, outputs):
+        """The student's own loss, its terms re-weighted where a method asks
+        (`DistillLoss.det_loss_scale`)."""
+        scale = {}
+        for loss in self.distill_losses:
+            for name, factor in loss.det_loss_scale.items():
+                scale[name] = scale.get(name, 1.) * factor
+        if not scale:
+            return outputs['loss']
+        return paddle.add_n([value * scale.get(name, 1.) for name, value in outputs.items() if name != 'loss'])
+
     def forward(self, inputs):
         if not self.training:
             return self.student(inputs)
@@ -42,8 +55,9 @@ class Distiller(nn.Layer):
         self.teacher_recorder.clear()
         outputs = dict(self.student(inputs))
         with paddle.no_grad():
-            run_for_features(self.teacher, inputs)
-        det_loss = outputs['loss']
+            run_for_features(self.teacher, inputs, self.student_recorder.outputs,
+                             set(self.teacher_recorder.names))
+        det_loss = self._detection_loss(outputs)
         total = det_loss
         for loss in self.distill_losses:
             terms = loss(self.student_recorder.outputs, self.teacher_recorder.outputs)

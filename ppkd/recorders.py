@@ -1,37 +1,62 @@
-"""Forward hooks that record named layers' outputs, kept apart from the
-losses that read them (as mmrazor's recorders and torchdistill's hooks)."""
+"""Recorders: what named parts of a model output on a forward pass, kept
+apart from the losses that read them (as mmrazor's recorders and
+torchdistill's forward hooks)."""
 import difflib
+
+import paddle.nn as nn
 
 from ppkd.errors import PPKDError
 
 
 class OutputRecorder:
-    """Records the output of each named sublayer of `model` on every forward.
+    """Records, on every forward, the outputs of named parts of `model`.
 
-    `outputs` maps layer name → its latest output; `clear()` before a step
-    keeps a stale tensor from being read by mistake.
+    A name is a sublayer path (`yolo_head.yolo_output.0`, recorded by a
+    forward hook) or a callable attribute of a sublayer that is not a layer
+    itself (`rpn_head.rpn_target_assign`, recorded by wrapping that attribute
+    on this model instance only). `outputs[name]` lists the outputs of every
+    call since `clear()` — a layer shared across FPN levels is called once
+    per level.
     """
 
     def __init__(self, model, names, role='model'):
         layers = dict(model.named_sublayers())
+        layers[''] = model
         self.outputs = {}
-        self._handles = []
-        for name in dict.fromkeys(names):
-            if name not in layers:
-                near = difflib.get_close_matches(name, layers.keys(), n=3)
+        self.names = list(dict.fromkeys(names))
+        self._undo = []
+        for name in self.names:
+            if name in layers and name:
+                handle = layers[name].register_forward_post_hook(self._hook(name))
+                self._undo.append(handle.remove)
+                continue
+            owner_name, _, attr = name.rpartition('.')
+            owner = layers.get(owner_name)
+            target = getattr(owner, attr, None) if owner is not None else None
+            if not callable(target) or isinstance(target, nn.Layer):
+                near = difflib.get_close_matches(name, [n for n in layers if n], n=3)
                 hint = f'; did you mean {", ".join(near)}?' if near else ''
                 raise PPKDError(f'{role} has no layer named {name!r}{hint}')
-            self._handles.append(layers[name].register_forward_post_hook(self._hook(name)))
+            self._wrap(owner, attr, target, name)
 
     def _hook(self, name):
         def record(layer, inputs, output):
-            self.outputs[name] = output
+            self.outputs.setdefault(name, []).append(output)
         return record
+
+    def _wrap(self, owner, attr, target, name):
+        def recorded(*args, **kwargs):
+            output = target(*args, **kwargs)
+            self.outputs.setdefault(name, []).append(output)
+            return output
+        had_own = attr in vars(owner)
+        setattr(owner, attr, recorded)
+        self._undo.append(lambda: setattr(owner, attr, target) if had_own else delattr(owner, attr))
 
     def clear(self):
         self.outputs.clear()
 
     def remove(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        for undo in self._undo:
+            undo()
+        self._undo = []

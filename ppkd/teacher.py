@@ -52,18 +52,41 @@ def freeze(model):
     return model
 
 
-def _yolov3_head_maps(model, inputs):
+def _yolov3_head_maps(model, inputs, student_outputs, names):
     return model.yolo_head(model.neck(model.backbone(inputs)))
 
 
+def _faster_rcnn_parts(model, inputs, student_outputs, names):
+    """Backbone and neck; the RPN's score and delta convolutions (not its
+    proposals) if an `rpn_head.` output is recorded; the RoI head on the
+    STUDENT's sampled RoIs if a `bbox_head.` output is, so that teacher and
+    student R-CNN outputs describe the same boxes."""
+    feats = model.backbone(inputs)
+    if model.neck is not None:
+        feats = model.neck(feats)
+    rpn = model.rpn_head
+    if any(n.startswith('rpn_head.') for n in names):
+        for level in rpn.rpn_feat(feats):
+            rpn.rpn_rois_score(level)
+            rpn.rpn_rois_delta(level)
+    if any(n.startswith('bbox_head.') for n in names):
+        rois, rois_num, _ = student_outputs[STUDENT_ROIS][-1]
+        model.bbox_head(feats, rois, rois_num, None)
+
+
+# The student's record of its sampled RoIs (with their targets) that the
+# Faster R-CNN teacher's RoI head runs on.
+STUDENT_ROIS = 'bbox_head.bbox_assigner'
+
 # Per architecture, the teacher's forward up to the last layer a loss reads:
 # no loss computation, no decoding, no NMS. Others run their whole forward.
-FEATURE_FORWARDS = {'YOLOv3': _yolov3_head_maps}
+FEATURE_FORWARDS = {'YOLOv3': _yolov3_head_maps, 'FasterRCNN': _faster_rcnn_parts}
 
 
-def run_for_features(model, inputs):
-    """Run the frozen teacher so its recorders fire, as cheaply as known."""
+def run_for_features(model, inputs, student_outputs=None, names=()):
+    """Run the frozen teacher so its recorders (on `names`) fire, as cheaply
+    as known; `student_outputs` are the student's records of this step."""
     forward = FEATURE_FORWARDS.get(type(model).__name__)
     if forward is None:
         return model(inputs)
-    return forward(model, inputs)
+    return forward(model, inputs, student_outputs or {}, names)

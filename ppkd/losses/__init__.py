@@ -5,8 +5,11 @@ registered `nn.Layer`s with a `weight` that name the recorded layers they
 read, so a config picks a method by name.
 """
 from ppkd.losses.base import DistillLoss
+from ppkd.losses.faster_rcnn import (FasterRCNNBoundedRegression, FasterRCNNHint, FasterRCNNSoftLabel,
+                                     bounded_regression, hint_loss, weighted_soft_bce, weighted_soft_ce)
 from ppkd.losses.yolov3 import (YOLOv3FineGrainedDistill, YOLOv3L2Distill, yolov3_fine_grained_distill,
                                 yolov3_l2_distill)
 
-__all__ = ['DistillLoss', 'YOLOv3FineGrainedDistill', 'YOLOv3L2Distill', 'yolov3_fine_grained_distill',
-           'yolov3_l2_distill']
+__all__ = ['DistillLoss', 'FasterRCNNBoundedRegression', 'FasterRCNNHint', 'FasterRCNNSoftLabel',
+           'YOLOv3FineGrainedDistill', 'YOLOv3L2Distill', 'bounded_regression', 'hint_loss',
+           'weighted_soft_bce', 'weighted_soft_ce', 'yolov3_fine_grained_distill', 'yolov3_l2_distill']
