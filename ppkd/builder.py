@@ -65,4 +65,5 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
             raise PPKDError(f'{student_cfg["config_path"]}: unknown distillation loss {name!r}') from None
         logger.info('distillation loss %s, weight %g', name, loss.weight)
         losses.append(loss)
-    return Distiller(student, teacher, losses)
+    section = student_cfg.get('distill') or {}
+    return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', True))

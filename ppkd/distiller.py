@@ -1,10 +1,15 @@
 """The merged model: a trainable student, a frozen teacher, recorders on
 both, and the losses that read them."""
+import logging
+
 import paddle
 import paddle.nn as nn
 
+from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.teacher import freeze, run_for_features
+
+logger = logging.getLogger('ppkd')
 
 
 class Distiller(nn.Layer):
@@ -17,8 +22,9 @@ class Distiller(nn.Layer):
     are the student's and the losses' own (adapters).
     """
 
-    def __init__(self, student, teacher, losses):
+    def __init__(self, student, teacher, losses, fold_teacher_bn=True):
         super().__init__()
+        self._fold_pending = fold_teacher_bn
         self.student = student
         self.teacher = freeze(teacher)
         self.distill_losses = nn.LayerList(losses)
@@ -33,6 +39,22 @@ class Distiller(nn.Layer):
         super().train()
         self.teacher.eval()
         return self
+
+    def prepare_teacher(self, inputs):
+        """Before the first step (and outside any compiled program): fold
+        the teacher's BatchNorms into its convolutions, checked on `inputs`."""
+        if not self._fold_pending:
+            return
+        self._fold_pending = False
+
+        def teacher_outputs():
+            self.teacher_recorder.clear()
+            run_for_features(self.teacher, inputs, {}, set(self.teacher_recorder.names))
+            return dict(self.teacher_recorder.outputs)
+
+        folded = fold_batch_norms(self.teacher, teacher_outputs, keep=self.teacher_recorder.names)
+        self.teacher_recorder.clear()
+        logger.info('teacher: %d BatchNorm layers folded into the convolutions before them', folded)
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if not p.stop_gradient]

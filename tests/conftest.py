@@ -53,3 +53,22 @@ def tiny_teacher(tiny_voc, tmp_path_factory):
     cfg = os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml')
     assert run_script('tools/train.py', ['-c', cfg, '--output_dir', out, '-o'] + tiny_opts(tiny_voc)) == 0
     return cfg, os.path.join(out, 'model_final.pdparams')
+
+
+# Faster R-CNN on the tiny set: 4 classes; a random-weight teacher's
+# eval-mode features are far from unit scale, so the hint weight is scaled
+# down to keep the runs finite.
+FRCNN_TINY = ['num_classes=4', 'FasterRCNNHint.weight=0.000001']
+
+
+@pytest.fixture(scope='session')
+def frcnn_teacher(tiny_voc, tmp_path_factory):
+    """An (untrained) ResNet50-FPN Faster R-CNN teacher saved to disk."""
+    import paddle
+    from ppkd import config as cfgmod
+    from ppkd.builder import build_model
+    cfg = cfgmod.load_config(os.path.join(CONFIGS, 'bccd', 'teacher_faster_rcnn_r50_fpn.yml'),
+                             tiny_opts(tiny_voc, *FRCNN_TINY))
+    path = str(tmp_path_factory.mktemp('frcnn_teacher') / 'teacher.pdparams')
+    paddle.save(build_model(cfg).state_dict(), path)
+    return path

@@ -1,7 +1,11 @@
+import glob
 import os
 
 import pytest
 
+from ppdet.core import workspace
+
+import ppkd.losses  # noqa: F401  (registers the losses)
 from ppkd import config as cfgmod
 from ppkd.errors import PPKDError
 
@@ -83,3 +87,16 @@ def test_base_cycle_refused(tmp_path):
     (tmp_path / 'b.yml').write_text('_BASE_: [a.yml]\n')
     with pytest.raises(PPKDError, match='includes itself'):
         cfgmod.load_config(str(tmp_path / 'a.yml'))
+
+
+SHIPPED = sorted(p for p in glob.glob(os.path.join(CONFIGS, '*', '*.yml'))
+                 if os.path.basename(os.path.dirname(p)) in ('demo', 'bccd', 'voc')
+                 and not os.path.basename(p).startswith('_'))
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_shipped_configs_load_and_name_known_losses(path):
+    cfg = cfgmod.load_config(path)
+    assert cfg['num_classes'] and cfg['TrainDataset'].dataset_dir == cfg['dataset_dir']
+    for name in (cfg.get('distill') or {}).get('losses', []):
+        assert name in workspace.get_registered_modules(), name

@@ -14,27 +14,15 @@ from ppkd.builder import build_distiller, build_model
 from ppkd.data.loader import build_reader, epoch_batches
 from ppkd.teacher import STUDENT_ROIS
 
-from conftest import CONFIGS, run_script, tiny_opts
+from conftest import CONFIGS, FRCNN_TINY, run_script, tiny_opts
 
 pytestmark = pytest.mark.smoke
 
 BCCD_CFG = os.path.join(CONFIGS, 'bccd')
-# A random-weight teacher's eval-mode features are far from unit scale: the
-# hint weight is scaled down to keep the tiny runs finite.
-FRCNN_TINY = ['num_classes=4', 'FasterRCNNHint.weight=0.000001']
 
 
 def _cfg(name, root, *extra):
     return cfgmod.load_config(os.path.join(BCCD_CFG, name), tiny_opts(root, *FRCNN_TINY, *extra))
-
-
-@pytest.fixture(scope='module')
-def frcnn_teacher(tiny_voc, tmp_path_factory):
-    """A ResNet50-FPN Faster R-CNN teacher (untrained) saved to disk."""
-    model = build_model(_cfg('teacher_faster_rcnn_r50_fpn.yml', tiny_voc))
-    path = str(tmp_path_factory.mktemp('frcnn_teacher') / 'teacher.pdparams')
-    paddle.save(model.state_dict(), path)
-    return path
 
 
 def _batch(cfg, mode='Train'):

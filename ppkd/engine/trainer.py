@@ -148,6 +148,8 @@ class Trainer:
             for step, batch in enumerate(epoch_batches(self.loader, epoch)):
                 data_cost = time.perf_counter() - tic
                 iteration = epoch * self.steps_per_epoch + step
+                if hasattr(self.model, 'prepare_teacher'):
+                    self.model.prepare_teacher(batch)
                 try:
                     outputs = self.train_model(batch)
                 except Exception:

@@ -1,0 +1,144 @@
+"""What the BCCD comparisons share: running a training command (once),
+reading its metrics, and writing the results table."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from ppkd.utils import atomic_write_text  # noqa: E402
+
+BCCD = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'datasets', 'BCCD'))
+
+
+def run(cmd, log):
+    """Seconds taken, and the `error:` line of a run that stopped (e.g. a
+    diverged loss), which is a result to report, not a reason to stop."""
+    start = time.time()
+    with open(log, 'w') as f:
+        code = subprocess.call([sys.executable] + cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    seconds = time.time() - start
+    if code:
+        with open(log) as f:
+            errors = [line.strip() for line in f if line.startswith('error: ')]
+        if not errors:
+            sys.exit(f'error: {" ".join(cmd[:3])} failed (exit {code}), see {log}')
+        return seconds, errors[-1][len('error: '):]
+    return seconds, None
+
+
+def run_once(cmd, out):
+    """`run`, unless `out` holds a finished run of the same command (its
+    seconds and outcome are kept in out/bench_run.json)."""
+    record = os.path.join(out, 'bench_run.json')
+    if os.path.isfile(record):
+        with open(record) as f:
+            done = json.load(f)
+        if done['cmd'] == cmd:
+            return done['seconds'], done['error']
+    if os.path.exists(out):
+        subprocess.call(['rm', '-rf', out])
+    seconds, error = run(cmd, out + '.log')
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(record, json.dumps({'cmd': cmd, 'seconds': seconds, 'error': error}))
+    return seconds, error
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if r['type'] == 'eval'], [r for r in rows if r['type'] == 'train']
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float('nan')
+
+
+def schedule(epochs, warmup_steps=50):
+    """Warm-up, then a 10× drop for the last sixth of the epochs."""
+    return [f'epoch={epochs}', 'LearningRate.schedulers=[{name: PiecewiseDecay, gamma: 0.1, milestones: [%d]},'
+            ' {name: LinearWarmup, start_factor: 0.1, steps: %d}]' % (max(1, epochs - max(1, epochs // 6)), warmup_steps)]
+
+
+def train_teacher(cfg, out, opts):
+    """Train the teacher into `out` once; later runs reuse it. Returns its
+    final evaluation record and training seconds."""
+    weights = os.path.join(out, 'model_final.pdparams')
+    if not os.path.isfile(weights):
+        print('training the teacher', flush=True)
+        seconds, error = run(['tools/train.py', '-c', cfg, '--eval', '--output_dir', out, '-o', *opts], out + '.log')
+        if error:
+            sys.exit(f'error: the teacher did not train: {error}')
+        atomic_write_text(os.path.join(out, 'train_seconds'), f'{seconds:.0f}\n')
+    evals, _ = read_metrics(out)
+    with open(os.path.join(out, 'train_seconds')) as f:
+        return evals[-1], float(f.read())
+
+
+def run_student(method, seed, cmd, out, classes):
+    """One student run (reused if done) as a result record."""
+    seconds, error = run_once(cmd, out)
+    evals, train = read_metrics(out)
+    final = evals[-1] if evals and not error else {'mAP': 0., 'per_class': {c: 0. for c in classes}}
+    result = {'method': method, 'seed': seed, 'mAP': final['mAP'], 'error': error,
+              'best_mAP': max([e['mAP'] for e in evals] or [0.]), 'per_class': final['per_class'],
+              'train_seconds': seconds, 'curve': [(e['iteration'], e['mAP']) for e in evals],
+              'losses': {when: {k: v for k, v in train[i].items() if k.startswith(('det_loss', 'distill', 'loss'))}
+                         for when, i in (('first', 0), ('last', -1))}}
+    print(f'{method} seed {seed}: mAP {result["mAP"]:.2f} in {seconds:.0f} s'
+          + (f' (stopped: {error})' if error else ''), flush=True)
+    return result
+
+
+def write(results, out, teacher_label, title):
+    """The results as a Markdown table (out.md), JSON (out.json) and mAP curves (out.png)."""
+    classes = list(results['teacher']['per_class'])
+    head = ['model', 'seeds', 'mAP (mean)', 'mAP per seed', *classes, 'train s (mean)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    t = results['teacher']
+    lines.append('| teacher %s | 1 | %.2f | %.2f | %s | %.0f |' % (
+        teacher_label, t['mAP'], t['mAP'], ' | '.join('%.2f' % t['per_class'][c] for c in classes), t['train_seconds']))
+    for method in dict.fromkeys(r['method'] for r in results['runs']):
+        rs = [r for r in results['runs'] if r['method'] == method]
+        lines.append('| student, %s | %d | %.2f | %s | %s | %.0f |' % (
+            method, len(rs), mean([r['mAP'] for r in rs]),
+            ', '.join('%.2f' % r['mAP'] + (' (diverged)' if r.get('error') else '') for r in rs),
+            ' | '.join('%.2f' % mean([r['per_class'][c] for r in rs]) for c in classes),
+            mean([r['train_seconds'] for r in rs])))
+    lines += ['', 'Loss scale, first → last logged iteration (distillation = total − detection, weighted):', '',
+              '| run | detection loss | distillation |', '|---|---|---|']
+    for r in results['runs']:
+        f, l = r['losses']['first'], r['losses']['last']
+        det = '%.1f → %.1f' % (f.get('det_loss', f['loss']), l.get('det_loss', l['loss']))
+        dis = ('%.1f → %.1f' % (f['loss'] - f['det_loss'], l['loss'] - l['det_loss'])) if 'det_loss' in f else '—'
+        lines.append(f'| {r["method"]}, seed {r["seed"]} | {det} | {dis} |')
+    stopped = [r for r in results['runs'] if r.get('error')]
+    if stopped:
+        lines += ['', 'Runs that stopped (counted as 0 mAP):', '']
+        lines += [f'- {r["method"]}, seed {r["seed"]}: {r["error"]}' for r in stopped]
+    s = results['settings']
+    note = (f'\nBCCD official split (trainval 292 / test 72), input {s["input_size"]} px, batch {s["batch_size"]}, '
+            f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '
+            'VOC mAP@0.5 11-point (%), last snapshot; per-class AP is the mean over seeds.\n')
+    atomic_write_text(out + '.md', '\n'.join(lines) + '\n' + note)
+    atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results['runs']:
+        if not r['curve']:
+            continue
+        xs, ys = zip(*r['curve'])
+        ax.plot(xs, ys, marker='o', label=f'{r["method"]} (seed {r["seed"]})')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('mAP@0.5 (%)')
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out + '.png.tmp', format='png')
+    os.replace(out + '.png.tmp', out + '.png')
+    print('\n'.join(lines))
+
