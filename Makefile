@@ -2,6 +2,8 @@
 #   make install            CPU (paddlepaddle 3.3.1) into .venv
 #   make install GPU=1      paddlepaddle-gpu 2.6.2 (CUDA 11.8) instead
 #   make test-paddle26      the end-to-end smoke tests on Paddle 2.6.2 (.venv-paddle26)
+#   make bench-step-time    distillation step time vs the student and ppdet's DistillModel
+#   make bench-bccd         the BCCD comparisons (YOLOv3, then the Faster R-CNN ablation; hours on CPU)
 VENV ?= .venv
 ifeq ($(GPU),1)
 PADDLE ?= paddlepaddle-gpu==2.6.2
@@ -10,7 +12,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-bccd clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -24,6 +26,13 @@ test: install
 test-paddle26:
 	@bash .ci/install.sh .venv-paddle26 paddlepaddle==2.6.2
 	.venv-paddle26/bin/python -m pytest -q tests -m smoke
+
+bench-step-time: install
+	$(PY) bench/step_time.py --save step_time_yolov3_r34_mobilenet_v1
+
+bench-bccd: install
+	$(PY) bench/bccd_yolov3.py
+	$(PY) bench/bccd_faster_rcnn.py
 
 clean:
 	rm -rf output dataset/demo_shapes

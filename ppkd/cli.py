@@ -16,6 +16,7 @@ def train_parser(description):
     p.add_argument('--output_dir', default=None, help='where checkpoints go (default save_dir/<config name>)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--to_static', action='store_true', help='compile the training step with paddle.jit.to_static')
+    p.add_argument('--amp', action='store_true', help='mixed precision (float16 autocast, loss scaling; GPU only)')
     return p
 
 

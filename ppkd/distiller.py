@@ -7,7 +7,7 @@ import paddle.nn as nn
 
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
-from ppkd.teacher import freeze, run_for_features
+from ppkd.teacher import compile_teacher, freeze, run_for_features
 
 logger = logging.getLogger('ppkd')
 
@@ -22,9 +22,11 @@ class Distiller(nn.Layer):
     are the student's and the losses' own (adapters).
     """
 
-    def __init__(self, student, teacher, losses, fold_teacher_bn=True):
+    def __init__(self, student, teacher, losses, fold_teacher_bn=True, compile_teacher=False):
         super().__init__()
         self._fold_pending = fold_teacher_bn
+        self._compile_pending = compile_teacher
+        self._compiled_teacher = None
         self.student = student
         self.teacher = freeze(teacher)
         self.distill_losses = nn.LayerList(losses)
@@ -42,9 +44,15 @@ class Distiller(nn.Layer):
 
     def prepare_teacher(self, inputs):
         """Before the first step (and outside any compiled program): fold
-        the teacher's BatchNorms into its convolutions, checked on `inputs`."""
-        if not self._fold_pending:
-            return
+        the teacher's BatchNorms into its convolutions, checked on `inputs`,
+        and compile its forward if asked."""
+        if self._fold_pending:
+            self._fold_teacher(inputs)
+        if self._compile_pending:
+            self._compile_pending = False
+            self._compiled_teacher = compile_teacher(self.teacher, self.teacher_recorder.names)
+
+    def _fold_teacher(self, inputs):
         self._fold_pending = False
 
         def teacher_outputs():
@@ -70,6 +78,20 @@ class Distiller(nn.Layer):
             return outputs['loss']
         return paddle.add_n([value * scale.get(name, 1.) for name, value in outputs.items() if name != 'loss'])
 
+    def _run_teacher(self, inputs):
+        if self._compiled_teacher is not None:
+            try:
+                outputs = self._compiled_teacher(inputs['image'])
+            except Exception as e:  # noqa: BLE001  any tracing failure: fall back, say so
+                logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
+                               str(e).strip().splitlines()[-1] if str(e).strip() else '')
+                self._compiled_teacher.close()
+                self._compiled_teacher = None
+            else:
+                self.teacher_recorder.outputs = dict(zip(self.teacher_recorder.names, outputs))
+                return
+        run_for_features(self.teacher, inputs, self.student_recorder.outputs, set(self.teacher_recorder.names))
+
     def forward(self, inputs):
         if not self.training:
             return self.student(inputs)
@@ -77,8 +99,7 @@ class Distiller(nn.Layer):
         self.teacher_recorder.clear()
         outputs = dict(self.student(inputs))
         with paddle.no_grad():
-            run_for_features(self.teacher, inputs, self.student_recorder.outputs,
-                             set(self.teacher_recorder.names))
+            self._run_teacher(inputs)
         det_loss = self._detection_loss(outputs)
         total = det_loss
         for loss in self.distill_losses:

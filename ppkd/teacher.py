@@ -1,10 +1,14 @@
 """The teacher: weights loaded with clear mismatch errors, frozen, and run
 only as far as the losses need."""
+import logging
 import os
 
 import paddle
+import paddle.nn as nn
 
 from ppkd.errors import PPKDError
+
+logger = logging.getLogger('ppkd')
 
 
 def _weights_path(path):
@@ -85,6 +89,79 @@ STUDENT_ROIS = 'bbox_head.bbox_assigner'
 # Per architecture, the teacher's forward up to the last layer a loss reads:
 # no loss computation, no decoding, no NMS. Others run their whole forward.
 FEATURE_FORWARDS = {'YOLOv3': _yolov3_head_maps, 'FasterRCNN': _faster_rcnn_parts}
+
+
+# Architectures whose feature forward is a function of the image alone (not
+# of the student's outputs), so it can be compiled on its own.
+COMPILABLE = {'YOLOv3'}
+
+
+class _FeatureProgram(nn.Layer):
+    """What is compiled: begin collecting, the feature forward, the
+    collected outputs. (A layer rather than a closure: Paddle 2.6's
+    translator loses closure variables.) The teacher is held outside the
+    layer tree so its parameters are not registered twice."""
+
+    def __init__(self, model, compiled):
+        super().__init__()
+        self._parts = (model, compiled, FEATURE_FORWARDS[type(model).__name__], set(compiled.names))
+
+    def forward(self, image):
+        model, compiled, feature_forward, wanted = self._parts
+        compiled.begin()
+        feature_forward(model, {'image': image}, {}, wanted)
+        return compiled.end()
+
+
+class CompiledTeacher:
+    """The teacher's feature forward compiled with `paddle.jit.to_static`
+    (full graph): image → [the outputs of each recorded name, per call].
+
+    Hooks on the recorded layers collect their outputs while the program is
+    traced, so those become the program's outputs; `close()` removes them.
+    """
+
+    def __init__(self, model, names):
+        self.names = list(names)
+        self._collected = {}
+        layers = dict(model.named_sublayers())
+        self._handles = [layers[n].register_forward_post_hook(self._collector(n)) for n in self.names]
+        self._program = paddle.jit.to_static(_FeatureProgram(model, self), full_graph=True)
+
+    def _collector(self, name):
+        def hook(layer, args, output):
+            self._collected.setdefault(name, []).append(output)
+        return hook
+
+    # Plain Python while tracing.
+    @paddle.jit.not_to_static
+    def begin(self):
+        self._collected.clear()
+
+    @paddle.jit.not_to_static
+    def end(self):
+        outputs = [self._collected[n] for n in self.names]
+        self._collected.clear()
+        return outputs
+
+    def __call__(self, image):
+        return self._program(image)
+
+    def close(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def compile_teacher(model, names):
+    """A `CompiledTeacher`, or None with a warning where the teacher's
+    forward cannot be compiled on its own."""
+    arch = type(model).__name__
+    if arch not in COMPILABLE:
+        logger.warning('compile_teacher: a %s teacher depends on the student\'s outputs and is not compiled; '
+                       'running it in dygraph', arch)
+        return None
+    return CompiledTeacher(model, names)
 
 
 def run_for_features(model, inputs, student_outputs=None, names=()):

@@ -45,6 +45,14 @@ def setup_run(cfg, seed=0):
     seed_everything(seed)
 
 
+def amp_available(cfg):
+    """Mixed precision needs a CUDA device; elsewhere say so and train in float32."""
+    if cfg.get('use_gpu') and paddle.is_compiled_with_cuda():
+        return True
+    logger.warning('--amp needs a GPU (use_gpu: true with paddlepaddle-gpu); training in float32')
+    return False
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -65,8 +73,9 @@ class Trainer:
     checkpoint stays.
     """
 
-    def __init__(self, cfg, model, output_dir=None, eval=False, seed=0, to_static=False):
+    def __init__(self, cfg, model, output_dir=None, eval=False, seed=0, to_static=False, amp=False):
         self.cfg = cfg
+        self.amp = amp_available(cfg) if amp else False
         self.seed = seed
         self.do_eval = eval
         self.output_dir = output_dir or os.path.join(cfg.get('save_dir', 'output'), cfg['filename'])
@@ -89,6 +98,8 @@ class Trainer:
             self.train_model = paddle.DataParallel(model)
         if to_static:
             self.train_model = paddle.jit.to_static(self.train_model)
+        # float16 autocast with a dynamic loss scale, on GPU only.
+        self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024.) if self.amp else None
         self.eval_loader = None
 
     def load_student_weights(self, path):
@@ -151,7 +162,8 @@ class Trainer:
                 if hasattr(self.model, 'prepare_teacher'):
                     self.model.prepare_teacher(batch)
                 try:
-                    outputs = self.train_model(batch)
+                    with paddle.amp.auto_cast(enable=self.amp):
+                        outputs = self.train_model(batch)
                 except Exception:
                     # Non-finite weights make some ppdet ops raise (e.g. BCE's
                     # input check) before a loss exists.
@@ -164,8 +176,13 @@ class Trainer:
                            and v.size == 1 and not math.isfinite(_scalar(v))]
                     detail = f' ({", ".join(bad)} non-finite)' if bad else ''
                     raise self._diverged(f'loss became {value}{detail}', epoch, iteration)
-                loss.backward()
-                self.optimizer.step()
+                if self.scaler is None:
+                    loss.backward()
+                    self.optimizer.step()
+                else:
+                    scaled = self.scaler.scale(loss)
+                    scaled.backward()
+                    self.scaler.minimize(self.optimizer, scaled)
                 self.optimizer.clear_grad()
                 self.lr.step()
                 batch_cost = time.perf_counter() - tic
@@ -210,7 +227,8 @@ class Trainer:
 def train_from_args(cfg, model, args):
     """What tools/train.py and distill.py share after building the model:
     the flags of `ppkd.cli.train_parser` applied, then training."""
-    trainer = Trainer(cfg, model, args.output_dir, eval=args.eval, seed=args.seed, to_static=args.to_static)
+    trainer = Trainer(cfg, model, args.output_dir, eval=args.eval, seed=args.seed, to_static=args.to_static,
+                      amp=args.amp)
     if args.resume:
         trainer.resume(args.resume)
     return trainer.train()

@@ -1,6 +1,7 @@
-"""The cheaper teacher: BatchNorm folded into convolutions gives the same
-distillation losses as the plain teacher, and a fold that would change the
-outputs is undone."""
+"""The cheaper teacher: BatchNorm folded into convolutions, or the forward
+compiled, gives the same distillation losses as the plain teacher; a fold
+that would change the outputs is undone, a teacher that cannot be compiled
+runs in dygraph with a warning."""
 import logging
 import os
 
@@ -19,33 +20,36 @@ from conftest import CONFIGS, FRCNN_TINY, tiny_opts
 pytestmark = pytest.mark.smoke
 
 
-def _losses(student_cfg, teacher_cfg, weights, batch, fold):
+def _losses(student_cfg, teacher_cfg, weights, batch, fold, compile=False):
     seed_everything(0)  # the same student weights
     model = build_distiller(student_cfg, teacher_cfg, weights)
-    model._fold_pending = fold
+    model._fold_pending, model._compile_pending = fold, compile
     model.train()
     model.prepare_teacher(batch)
     paddle.seed(1)
     out = model(batch)
     bn = sum(isinstance(layer, paddle.nn.BatchNorm2D) for layer in model.teacher.sublayers())
+    if compile:
+        assert model._compiled_teacher is not None
     return {k: float(v) for k, v in out.items() if k.startswith('distill')}, bn
 
 
-def _check_same(student_cfg, teacher_cfg, weights):
+def _check_same(student_cfg, teacher_cfg, weights, compile=False):
     batch = next(epoch_batches(build_reader(student_cfg, 'Train')))
     plain, bn_plain = _losses(student_cfg, teacher_cfg, weights, batch, fold=False)
-    folded, bn_folded = _losses(student_cfg, teacher_cfg, weights, batch, fold=True)
-    assert bn_plain > 0 and bn_folded == 0
-    assert plain.keys() == folded.keys() and plain
+    cheap, bn_cheap = _losses(student_cfg, teacher_cfg, weights, batch, fold=True, compile=compile)
+    assert bn_plain > 0 and bn_cheap == 0
+    assert plain.keys() == cheap.keys() and plain
     for k in plain:
-        assert folded[k] == pytest.approx(plain[k], rel=1e-3, abs=1e-5), k
+        assert cheap[k] == pytest.approx(plain[k], rel=1e-3, abs=1e-5), k
 
 
-def test_folded_yolov3_teacher_gives_the_same_losses(tiny_voc, tiny_teacher):
+@pytest.mark.parametrize('compile', [False, True], ids=['folded', 'folded+compiled'])
+def test_cheap_yolov3_teacher_gives_the_same_losses(tiny_voc, tiny_teacher, compile):
     opts = tiny_opts(tiny_voc, 'use_fine_grained_loss=true')
     _check_same(cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'distill_l2.yml'), opts),
                 cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml'), tiny_opts(tiny_voc)),
-                tiny_teacher[1])
+                tiny_teacher[1], compile)
 
 
 def test_folded_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher):
@@ -95,3 +99,18 @@ def test_fold_matches_conv_bn():
     assert fold_batch_norms(model, lambda: model(x)) == 1
     assert isinstance(model[1], paddle.nn.Identity)
     np.testing.assert_allclose(model(x).numpy(), before, rtol=1e-5, atol=1e-6)
+
+
+def test_faster_rcnn_teacher_is_not_compiled_and_says_so(tiny_voc, frcnn_teacher, caplog):
+    opts = tiny_opts(tiny_voc, *FRCNN_TINY)
+    bccd = os.path.join(CONFIGS, 'bccd')
+    student_cfg = cfgmod.load_config(os.path.join(bccd, 'distill_faster_rcnn.yml'), opts)
+    model = build_distiller(student_cfg, cfgmod.load_config(os.path.join(bccd, 'teacher_faster_rcnn_r50_fpn.yml'), opts),
+                            frcnn_teacher)
+    model._fold_pending, model._compile_pending = False, True
+    batch = next(epoch_batches(build_reader(student_cfg, 'Train')))
+    model.train()
+    with caplog.at_level(logging.WARNING, logger='ppkd'):
+        model.prepare_teacher(batch)
+    assert model._compiled_teacher is None and 'is not compiled; running it in dygraph' in caplog.text
+    assert np.isfinite(float(model(batch)['loss']))

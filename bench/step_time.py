@@ -1,0 +1,271 @@
+"""Distillation step time: the student alone, ppkd's distill step, ppdet's
+own DistillModel with the same loss, and the teacher's forward alone, each
+in its own process (so each has its own peak RSS), on the same batches.
+
+    .venv/bin/python bench/step_time.py [--distill_config configs/bccd/distill_fine_grained.yml]
+        [--teacher configs/bccd/teacher_yolov3_r34.yml] [--input_size 320] [--batch_size 2]
+        [--steps 20] [--warmup 3] [--json] [--save NAME]
+
+Steps are timed on batches loaded beforehand (median over `--steps` after
+`--warmup`): forward, backward, optimizer update, as ppkd's trainer does
+them. The data loader is timed apart, batches per second with `--workers`
+processes, to show whether it keeps up with the step. Without
+`--teacher_weights` the teacher has random weights whose BatchNorm
+statistics are first calibrated on the data (timing does not depend on the
+weights' values, but unnormalised activations would overflow).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import ppkd  # noqa: E402,F401  (first: sets the CPU thread count)
+import paddle  # noqa: E402
+
+from ppkd import config as cfgmod  # noqa: E402
+from ppkd.builder import build_distiller, build_model  # noqa: E402
+from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
+from ppkd.teacher import freeze, run_for_features  # noqa: E402
+from ppkd.utils import atomic_write_text  # noqa: E402
+
+MODES = {
+    'student': 'student alone (a)',
+    'ppkd': 'ppkd distill step (b)',
+    'ppkd_unfolded': 'ppkd, teacher BatchNorm not folded',
+    'ppkd_compiled': 'ppkd, teacher folded and compiled (to_static)',
+    'ppdet': 'ppdet DistillModel (c)',
+    'teacher': 'teacher forward alone (d)',
+    'loader': 'data loader',
+}
+# ppdet's DistillModel losses for the same method, where ppdet has one.
+PPDET_LOSSES = {'YOLOv3FineGrainedDistill': 'DistillYOLOv3Loss'}
+
+
+def _cfgs(args):
+    opts = [f'dataset_dir={args.lists}', f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
+            f'worker_num={args.workers}', *args.opt]
+    return cfgmod.load_config(args.distill_config, opts), cfgmod.load_config(args.teacher, [f'dataset_dir={args.lists}'])
+
+
+def _batches(cfg, n):
+    reader, out = build_reader(cfg, 'Train'), []
+    while len(out) < n:
+        for batch in epoch_batches(reader, len(out)):
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out
+
+
+def _time_steps(step, batches, warmup):
+    for batch in batches[:warmup]:
+        step(batch)
+    times = []
+    for batch in batches[warmup:]:
+        tic = time.perf_counter()
+        step(batch)
+        times.append(time.perf_counter() - tic)
+    return times
+
+
+def _train_step(model, optimizer, amp):
+    def step(batch):
+        with paddle.amp.auto_cast(enable=amp):
+            loss = model(batch)['loss']
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        float(loss)  # wait for the result, as the trainer's log does
+    return step
+
+
+def _optimizer(cfg, model):
+    lr = cfgmod.build(cfg, 'LearningRate')(100)
+    return cfgmod.build(cfg, 'OptimizerBuilder')(lr, model)
+
+
+def _ppdet_distill_model(student_cfg, args):
+    """ppdet's DistillModel as its tools/train.py builds it (through ppdet's
+    global config), put in train mode by its trainer — teacher included."""
+    from ppdet.slim.distill_model import DistillModel
+    loss_name = student_cfg['distill']['losses'][0]
+    weight = student_cfg[loss_name]['weight']
+    slim = os.path.join(args.tmp, 'ppdet_slim.yml')
+    with open(slim, 'w') as f:
+        f.write(f'_BASE_: [{os.path.abspath(args.teacher)}]\npretrain_weights: {args.teacher_weights}\n'
+                f'distill_loss: {PPDET_LOSSES[loss_name]}\n{PPDET_LOSSES[loss_name]}:\n  weight: {weight}\n')
+    with cfgmod.active(student_cfg):
+        model = DistillModel(student_cfg, slim)
+    model.train()
+    return model
+
+
+def measure(mode, args):
+    """One mode, in this process: {'median_s', 'mean_s', 'steps', 'peak_rss_mb', ...}."""
+    student_cfg, teacher_cfg = _cfgs(args)
+    n = args.warmup + args.steps
+    result = {'mode': mode}
+    if mode == 'loader':
+        reader = build_reader(student_cfg, 'Train')
+        tic, times = time.perf_counter(), []
+        for epoch in range(100):
+            for _ in epoch_batches(reader, epoch):
+                times.append(time.perf_counter() - tic)
+                tic = time.perf_counter()
+                if len(times) == n:
+                    break
+            if len(times) == n:
+                break
+        times = times[args.warmup:]
+    else:
+        batches = _batches(student_cfg, n)
+        paddle.seed(0)
+        if mode == 'student':
+            model = build_model(student_cfg)
+            model.train()
+            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), args.amp), batches, args.warmup)
+        elif mode in ('ppkd', 'ppkd_unfolded', 'ppkd_compiled'):
+            model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
+            model._fold_pending = mode != 'ppkd_unfolded'
+            model._compile_pending = mode == 'ppkd_compiled'
+            model.train()
+            model.prepare_teacher(batches[0])
+            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), args.amp), batches, args.warmup)
+        elif mode == 'ppdet':
+            model = _ppdet_distill_model(student_cfg, args)
+            times = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), args.amp),
+                                batches, args.warmup)
+        elif mode == 'teacher':
+            # ppkd's teacher: frozen, folded, run only as far as the losses read.
+            model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
+            model.train()
+            model.prepare_teacher(batches[0])
+            names = set(model.teacher_recorder.names)
+
+            def forward(batch):
+                with paddle.no_grad(), paddle.amp.auto_cast(enable=args.amp):
+                    run_for_features(model.teacher, batch, {}, names)
+                float(model.teacher_recorder.outputs[next(iter(names))][-1].sum())
+                model.teacher_recorder.clear()
+            times = _time_steps(forward, batches, args.warmup)
+    result.update(median_s=statistics.median(times), mean_s=statistics.fmean(times), steps=len(times),
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return result
+
+
+def _calibrated_teacher(args):
+    """Random teacher weights with BatchNorm statistics taken from the data."""
+    student_cfg, teacher_cfg = _cfgs(args)
+    paddle.seed(0)
+    teacher = build_model(teacher_cfg)
+    teacher.train()
+    with paddle.no_grad():
+        for batch in _batches(student_cfg, 12):
+            teacher(batch)
+    path = os.path.join(args.tmp, 'teacher.pdparams')
+    paddle.save(freeze(teacher).state_dict(), path)
+    return path
+
+
+def _lists(args):
+    from ppkd.data.split import split_voc
+    from ppkd.data.synthetic import make_shapes_voc
+    lists = os.path.join(args.tmp, 'lists')
+    if os.path.isdir(args.dataset):
+        split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists)
+    else:  # no BCCD here: the generated shapes, with BCCD's class count
+        print(f'{args.dataset} not found: timing on generated images', file=sys.stderr)
+        make_shapes_voc(lists, num_images=64, image_size=320, num_classes=3)
+    return lists
+
+
+def table(results, args):
+    by = {r['mode']: r for r in results}
+    lines = ['| run | median step (s) | mean (s) | steps | peak RSS (MB) |', '|---|---|---|---|---|']
+    for r in results:
+        lines.append('| %s | %.3f | %.3f | %d | %.0f |' % (MODES[r['mode']], r['median_s'], r['mean_s'], r['steps'],
+                                                         r['peak_rss_mb']))
+    ratios = []
+    if 'ppkd' in by and 'student' in by:
+        ratios.append('(b)/(a) ppkd distill / student: %.2f' % (by['ppkd']['median_s'] / by['student']['median_s']))
+    if 'ppkd' in by and 'ppdet' in by:
+        ratios.append('(b)/(c) ppkd / ppdet DistillModel: %.2f' % (by['ppkd']['median_s'] / by['ppdet']['median_s']))
+    if 'ppdet' in by and 'student' in by:
+        ratios.append('(c)/(a) ppdet DistillModel / student: %.2f' % (by['ppdet']['median_s'] / by['student']['median_s']))
+    if 'teacher' in by and 'student' in by:
+        ratios.append('(d)/(a) teacher forward / student step: %.2f' % (by['teacher']['median_s'] / by['student']['median_s']))
+    if 'loader' in by and 'ppkd' in by:
+        ratios.append('loader batch / ppkd step: %.2f (below 1: the loader keeps up)' % (
+            by['loader']['median_s'] / by['ppkd']['median_s']))
+    setting = (f'{os.path.relpath(args.distill_config, ROOT)} with teacher {os.path.relpath(args.teacher, ROOT)}, '
+               f'{args.input_size} px, batch {args.batch_size}, {os.environ.get("OMP_NUM_THREADS")} CPU threads, '
+               f'paddle {paddle.__version__}, loader workers {args.workers}' + (', AMP' if args.amp else ''))
+    return '\n'.join(lines + [''] + [f'- {r}' for r in ratios] + ['', setting]) + '\n'
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--distill_config', default=os.path.join(ROOT, 'configs', 'bccd', 'distill_fine_grained.yml'))
+    p.add_argument('--teacher', default=os.path.join(ROOT, 'configs', 'bccd', 'teacher_yolov3_r34.yml'))
+    p.add_argument('--teacher_weights', default=None)
+    p.add_argument('--dataset', default=os.path.normpath(os.path.join(ROOT, '..', 'shared', 'datasets', 'BCCD')))
+    p.add_argument('--input_size', type=int, default=320)
+    p.add_argument('--batch_size', type=int, default=2)
+    p.add_argument('--steps', type=int, default=20)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--amp', action='store_true', help='mixed precision (GPU only)')
+    p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides of the student/distill config')
+    p.add_argument('--json', action='store_true', help='print the results as JSON')
+    p.add_argument('--save', default=None, help='write bench/results/NAME.{md,json}')
+    p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: measure one mode
+    p.add_argument('--tmp', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--lists', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args)))
+        return
+    student_cfg = cfgmod.load_config(args.distill_config)
+    loss_names = (student_cfg.get('distill') or {}).get('losses') or []
+    modes = [m for m in args.modes if m != 'ppdet' or all(n in PPDET_LOSSES for n in loss_names)]
+    if len(modes) < len(args.modes):
+        print(f'ppdet has no DistillModel loss for {loss_names}: mode ppdet skipped', file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        args.lists = _lists(args)
+        if not args.teacher_weights:
+            args.teacher_weights = _calibrated_teacher(args)
+        passthrough = ['--distill_config', args.distill_config, '--teacher', args.teacher, '--teacher_weights',
+                       args.teacher_weights, '--input_size', str(args.input_size), '--batch_size', str(args.batch_size),
+                       '--steps', str(args.steps), '--warmup', str(args.warmup), '--workers', str(args.workers),
+                       '--tmp', tmp, '--lists', args.lists] + (['--amp'] if args.amp else []) + \
+                      (['-o', *args.opt] if args.opt else [])
+        results = []
+        for mode in modes:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', mode, *passthrough],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f'error: mode {mode} failed:\n{out.stderr[-3000:]}')
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f'{MODES[mode]}: median {results[-1]["median_s"]:.3f} s', file=sys.stderr, flush=True)
+    text = table(results, args)
+    settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights')}
+    settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__)
+    payload = {'settings': settings, 'results': results}
+    print(json.dumps(payload, indent=1) if args.json else text)
+    if args.save:
+        out = os.path.join(ROOT, 'bench', 'results', args.save)
+        atomic_write_text(out + '.md', text)
+        atomic_write_text(out + '.json', json.dumps(payload, indent=1) + '\n')
+
+
+if __name__ == '__main__':
+    main()
