@@ -15,6 +15,7 @@ statistics are first calibrated on the data (timing does not depend on the
 weights' values, but unnormalised activations would overflow).
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -26,14 +27,16 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import ppkd  # noqa: E402,F401  (first: sets the CPU thread count)
-import paddle  # noqa: E402
+# ppdet prints notices on import: keep stdout for the results (--json).
+with contextlib.redirect_stdout(sys.stderr):
+    import ppkd  # noqa: E402,F401  (first: sets the CPU thread count)
+    import paddle  # noqa: E402
 
-from ppkd import config as cfgmod  # noqa: E402
-from ppkd.builder import build_distiller, build_model  # noqa: E402
-from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
-from ppkd.teacher import freeze, run_for_features  # noqa: E402
-from ppkd.utils import atomic_write_text  # noqa: E402
+    from ppkd import config as cfgmod  # noqa: E402
+    from ppkd.builder import build_distiller, build_model  # noqa: E402
+    from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
+    from ppkd.teacher import freeze, run_for_features  # noqa: E402
+    from ppkd.utils import atomic_write_text  # noqa: E402
 
 MODES = {
     'student': 'student alone (a)',
@@ -49,9 +52,11 @@ PPDET_LOSSES = {'YOLOv3FineGrainedDistill': 'DistillYOLOv3Loss'}
 
 
 def _cfgs(args):
-    opts = [f'dataset_dir={args.lists}', f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
+    # The generated fallback set has its own class count: both configs follow it.
+    data = [f'dataset_dir={args.lists}'] + ([f'num_classes={args.num_classes}'] if args.num_classes else [])
+    opts = [*data, f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
             f'worker_num={args.workers}', *args.opt]
-    return cfgmod.load_config(args.distill_config, opts), cfgmod.load_config(args.teacher, [f'dataset_dir={args.lists}'])
+    return cfgmod.load_config(args.distill_config, opts), cfgmod.load_config(args.teacher, data)
 
 
 def _batches(cfg, n):
@@ -100,7 +105,8 @@ def _ppdet_distill_model(student_cfg, args):
     slim = os.path.join(args.tmp, 'ppdet_slim.yml')
     with open(slim, 'w') as f:
         f.write(f'_BASE_: [{os.path.abspath(args.teacher)}]\npretrain_weights: {args.teacher_weights}\n'
-                f'distill_loss: {PPDET_LOSSES[loss_name]}\n{PPDET_LOSSES[loss_name]}:\n  weight: {weight}\n')
+                f'distill_loss: {PPDET_LOSSES[loss_name]}\n{PPDET_LOSSES[loss_name]}:\n  weight: {weight}\n'
+                + (f'num_classes: {args.num_classes}\n' if args.num_classes else ''))
     with cfgmod.active(student_cfg):
         model = DistillModel(student_cfg, slim)
     model.train()
@@ -180,10 +186,10 @@ def _lists(args):
     lists = os.path.join(args.tmp, 'lists')
     if os.path.isdir(args.dataset):
         split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists)
-    else:  # no BCCD here: the generated shapes, with BCCD's class count
-        print(f'{args.dataset} not found: timing on generated images', file=sys.stderr)
-        make_shapes_voc(lists, num_images=64, image_size=320, num_classes=3)
-    return lists
+        return lists, None
+    print(f'{args.dataset} not found: timing on generated images', file=sys.stderr)
+    make_shapes_voc(lists, num_images=64, image_size=320)
+    return lists, 4
 
 
 def table(results, args):
@@ -229,6 +235,7 @@ def main():
     p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: measure one mode
     p.add_argument('--tmp', default=None, help=argparse.SUPPRESS)
     p.add_argument('--lists', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--num_classes', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args)))
@@ -240,13 +247,14 @@ def main():
         print(f'ppdet has no DistillModel loss for {loss_names}: mode ppdet skipped', file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
-        args.lists = _lists(args)
+        args.lists, args.num_classes = _lists(args)
         if not args.teacher_weights:
             args.teacher_weights = _calibrated_teacher(args)
         passthrough = ['--distill_config', args.distill_config, '--teacher', args.teacher, '--teacher_weights',
                        args.teacher_weights, '--input_size', str(args.input_size), '--batch_size', str(args.batch_size),
                        '--steps', str(args.steps), '--warmup', str(args.warmup), '--workers', str(args.workers),
-                       '--tmp', tmp, '--lists', args.lists] + (['--amp'] if args.amp else []) + \
+                       '--tmp', tmp, '--lists', args.lists, '--num_classes', str(args.num_classes or 0)] + \
+                      (['--amp'] if args.amp else []) + \
                       (['-o', *args.opt] if args.opt else [])
         results = []
         for mode in modes:
@@ -257,7 +265,7 @@ def main():
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f'{MODES[mode]}: median {results[-1]["median_s"]:.3f} s', file=sys.stderr, flush=True)
     text = table(results, args)
-    settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights')}
+    settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights', 'num_classes')}
     settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__)
     payload = {'settings': settings, 'results': results}
     print(json.dumps(payload, indent=1) if args.json else text)
