@@ -28,9 +28,15 @@ def _bn_state(layer):
 
 
 @pytest.mark.smoke
-def test_teacher_frozen_through_training_steps(tiny_voc, tiny_teacher, tmp_path):
+@pytest.mark.parametrize('fold', [False, True], ids=['plain', 'folded'])
+def test_teacher_frozen_through_training_steps(tiny_voc, tiny_teacher, tmp_path, fold):
     _, weights = tiny_teacher
-    model = build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), weights)
+    model = build_distiller(_student_cfg(tiny_voc, f'distill.fold_teacher_bn={fold}'), _teacher_cfg(tiny_voc), weights)
+    if fold:  # the fold happens once, before the first step; from then on nothing changes
+        model.prepare_teacher(next(epoch_batches(build_reader(_student_cfg(tiny_voc), 'Train'))))
+        assert not any(isinstance(m, paddle.nn.BatchNorm2D) for m in model.teacher.sublayers())
+    else:
+        assert any(k.endswith('_mean') for k in model.teacher.state_dict())
     before_teacher, before_student = _bn_state(model.teacher), _bn_state(model.student)
     trainer = Trainer(_student_cfg(tiny_voc), model, str(tmp_path))
     trainer.train()  # 4 steps
