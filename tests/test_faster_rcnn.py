@@ -154,3 +154,21 @@ def test_distill_cli_to_static(tiny_voc, frcnn_teacher, tmp_path):
         '-o', *tiny_opts(tiny_voc, *FRCNN_TINY)])
     assert code == 0
     assert os.path.isfile(tmp_path / 'model_final.pdparams')
+
+
+def test_c4_student_trains_evaluates_and_distills_without_rpn_terms(tiny_voc, frcnn_teacher, tmp_path, caplog):
+    """Faster R-CNN without FPN: trains and evaluates; distilled from the
+    FPN teacher, its different anchors switch the RPN terms off."""
+    cfg = os.path.join(BCCD_CFG, 'student_faster_rcnn_r50_c4.yml')
+    # Its RoI head is a ResNet stage: few RoIs keep the test quick.
+    opts = tiny_opts(tiny_voc, *FRCNN_TINY, 'BBoxAssigner.batch_size_per_im=16',
+                     'RPNHead.test_proposal.post_nms_top_n=16')
+    assert run_script('tools/train.py', ['-c', cfg, '--eval', '--output_dir', str(tmp_path), '-o', *opts]) == 0
+    student_cfg = cfgmod.load_config(cfg, opts + ['distill.losses=[FasterRCNNSoftLabel, FasterRCNNBoundedRegression]'])
+    teacher_cfg = _cfg('teacher_faster_rcnn_r50_fpn.yml', tiny_voc)
+    with caplog.at_level(logging.WARNING, logger='ppkd'):
+        model = build_distiller(student_cfg, teacher_cfg, frcnn_teacher)
+    assert 'strides [4, 8, 16, 32, 64] (teacher) vs [16] (student)' in caplog.text
+    model.train()
+    out = model(_batch(student_cfg))
+    assert {'distill_rcnn_soft', 'distill_rcnn_bounded'} <= set(out) and 'distill_rpn_soft' not in out
