@@ -111,6 +111,24 @@ def test_recorder_names_unknown_layer():
     assert list(rec.outputs) == ['0']
 
 
+def test_recorder_records_callables_and_every_call():
+    class Scaler:  # a plain callable held by a layer, as ppdet's target assigners are
+        def __call__(self, x):
+            return x * 2
+
+    layer = paddle.nn.Sequential(paddle.nn.Linear(2, 2))
+    layer.scale = Scaler()
+    rec = OutputRecorder(layer, ['0', 'scale'])
+    for _ in range(2):
+        layer.scale(layer(paddle.ones([1, 2])))
+    assert len(rec.outputs['0']) == 2 and len(rec.outputs['scale']) == 2
+    np.testing.assert_allclose(rec.outputs['scale'][-1].numpy(), rec.outputs['0'][-1].numpy() * 2)
+    rec.remove()
+    assert isinstance(layer.scale, Scaler)
+    with pytest.raises(PPKDError, match="no layer named 'scale.x'"):
+        OutputRecorder(layer, ['scale.x'])
+
+
 def test_use_fine_grained_loss_switch(tiny_voc, tiny_teacher):
     cfg = _student_cfg(tiny_voc, 'use_fine_grained_loss=true', 'YOLOv3FineGrainedDistill.weight=0.001')
     model = build_distiller(cfg, _teacher_cfg(tiny_voc), tiny_teacher[1])
