@@ -91,6 +91,10 @@ def _train_step(model, optimizer, amp):
     return step
 
 
+def _count_batch_norms(model):
+    return sum(isinstance(m, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm)) for m in model.sublayers())
+
+
 def _optimizer(cfg, model):
     lr = cfgmod.build(cfg, 'LearningRate')(100)
     return cfgmod.build(cfg, 'OptimizerBuilder')(lr, model)
@@ -143,6 +147,7 @@ def measure(mode, args):
             model._compile_pending = mode == 'ppkd_compiled'
             model.train()
             model.prepare_teacher(batches[0])
+            result['teacher_batch_norms'] = _count_batch_norms(model.teacher)
             times = _time_steps(_train_step(model, _optimizer(student_cfg, model), args.amp), batches, args.warmup)
         elif mode == 'ppdet':
             model = _ppdet_distill_model(student_cfg, args)
@@ -194,10 +199,12 @@ def _lists(args):
 
 def table(results, args):
     by = {r['mode']: r for r in results}
-    lines = ['| run | median step (s) | mean (s) | steps | peak RSS (MB) |', '|---|---|---|---|---|']
+    lines = ['| run | median step (s) | mean (s) | steps | peak RSS (MB) | teacher BatchNorms left |',
+             '|---|---|---|---|---|---|']
     for r in results:
-        lines.append('| %s | %.3f | %.3f | %d | %.0f |' % (MODES[r['mode']], r['median_s'], r['mean_s'], r['steps'],
-                                                         r['peak_rss_mb']))
+        lines.append('| %s | %.3f | %.3f | %d | %.0f | %s |' % (
+            MODES[r['mode']], r['median_s'], r['mean_s'], r['steps'], r['peak_rss_mb'],
+            r.get('teacher_batch_norms', '')))
     ratios = []
     if 'ppkd' in by and 'student' in by:
         ratios.append('(b)/(a) ppkd distill / student: %.2f' % (by['ppkd']['median_s'] / by['student']['median_s']))
