@@ -41,8 +41,8 @@ with contextlib.redirect_stdout(sys.stderr):
 MODES = {
     'student': 'student alone (a)',
     'ppkd': 'ppkd distill step (b)',
-    'ppkd_unfolded': 'ppkd, teacher BatchNorm not folded',
-    'ppkd_compiled': 'ppkd, teacher folded and compiled (to_static)',
+    'ppkd_folded': 'ppkd, teacher BatchNorm folded',
+    'ppkd_compiled': 'ppkd, teacher compiled (to_static)',
     'ppdet': 'ppdet DistillModel (c)',
     'teacher': 'teacher forward alone (d)',
     'loader': 'data loader',
@@ -141,9 +141,9 @@ def measure(mode, args):
             model = build_model(student_cfg)
             model.train()
             times = _time_steps(_train_step(model, _optimizer(student_cfg, model), args.amp), batches, args.warmup)
-        elif mode in ('ppkd', 'ppkd_unfolded', 'ppkd_compiled'):
+        elif mode in ('ppkd', 'ppkd_folded', 'ppkd_compiled'):
             model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
-            model._fold_pending = mode != 'ppkd_unfolded'
+            model._fold_pending = mode == 'ppkd_folded'
             model._compile_pending = mode == 'ppkd_compiled'
             model.train()
             model.prepare_teacher(batches[0])
@@ -154,7 +154,7 @@ def measure(mode, args):
             times = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), args.amp),
                                 batches, args.warmup)
         elif mode == 'teacher':
-            # ppkd's teacher: frozen, folded, run only as far as the losses read.
+            # ppkd's teacher as configured: frozen, run only as far as the losses read.
             model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
             model.train()
             model.prepare_teacher(batches[0])

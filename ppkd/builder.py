@@ -66,5 +66,5 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
         logger.info('distillation loss %s, weight %g', name, loss.weight)
         losses.append(loss)
     section = student_cfg.get('distill') or {}
-    return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', True),
+    return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', False),
                      compile_teacher=section.get('compile_teacher', False))

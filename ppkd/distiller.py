@@ -22,7 +22,7 @@ class Distiller(nn.Layer):
     are the student's and the losses' own (adapters).
     """
 
-    def __init__(self, student, teacher, losses, fold_teacher_bn=True, compile_teacher=False):
+    def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher=False):
         super().__init__()
         self._fold_pending = fold_teacher_bn
         self._compile_pending = compile_teacher

@@ -1,7 +1,10 @@
 """BatchNorm folding for the frozen teacher: an eval-mode BatchNorm that
 directly follows a convolution is an affine map per channel, so it can be
-merged into that convolution's weight and bias and replaced by an identity —
-the same outputs for less work.
+merged into that convolution's weight and bias and replaced by an identity:
+the same outputs with fewer ops. Whether that is faster depends on the
+kernels: on Paddle 3.3.1's CPU kernels a biased convolution costs more than
+an unbiased one plus its BatchNorm (bench/step_time.py), so the distiller
+folds only when asked (`distill.fold_teacher_bn`).
 
 Which BatchNorm follows which convolution is read from one real forward
 pass (the BatchNorm's input is that convolution's output tensor), not
