@@ -219,7 +219,9 @@ def table(results, args):
             by['loader']['median_s'] / by['ppkd']['median_s']))
     setting = (f'{os.path.relpath(args.distill_config, ROOT)} with teacher {os.path.relpath(args.teacher, ROOT)}, '
                f'{args.input_size} px, batch {args.batch_size}, {os.environ.get("OMP_NUM_THREADS")} CPU threads, '
-               f'paddle {paddle.__version__}, loader workers {args.workers}' + (', AMP' if args.amp else ''))
+               f'paddle {paddle.__version__}, loader workers {args.workers}' + (', AMP' if args.amp else '')
+               + (f', teacher weights {args.weights_given}' if args.weights_given else
+                  ', random teacher weights with data-calibrated BatchNorm statistics'))
     return '\n'.join(lines + [''] + [f'- {r}' for r in ratios] + ['', setting]) + '\n'
 
 
@@ -255,6 +257,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
         args.lists, args.num_classes = _lists(args)
+        args.weights_given = args.teacher_weights and os.path.relpath(args.teacher_weights, ROOT)
         if not args.teacher_weights:
             args.teacher_weights = _calibrated_teacher(args)
         passthrough = ['--distill_config', args.distill_config, '--teacher', args.teacher, '--teacher_weights',
@@ -272,8 +275,9 @@ def main():
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f'{MODES[mode]}: median {results[-1]["median_s"]:.3f} s', file=sys.stderr, flush=True)
     text = table(results, args)
-    settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights', 'num_classes')}
-    settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__)
+    settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights', 'num_classes', 'weights_given')}
+    settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__,
+                    teacher_weights=args.weights_given or 'random, BatchNorm calibrated')
     payload = {'settings': settings, 'results': results}
     print(json.dumps(payload, indent=1) if args.json else text)
     if args.save:
