@@ -50,7 +50,7 @@ class Distiller(nn.Layer):
             self._fold_teacher(inputs)
         if self._compile_pending:
             self._compile_pending = False
-            self._compiled_teacher = compile_teacher(self.teacher, self.teacher_recorder.names)
+            self._compiled_teacher = compile_teacher(self.teacher, self.teacher_recorder)
 
     def _fold_teacher(self, inputs):
         self._fold_pending = False
@@ -85,7 +85,6 @@ class Distiller(nn.Layer):
             except Exception as e:  # noqa: BLE001  any tracing failure: fall back, say so
                 logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
                                str(e).strip().splitlines()[-1] if str(e).strip() else '')
-                self._compiled_teacher.close()
                 self._compiled_teacher = None
             else:
                 self.teacher_recorder.outputs = dict(zip(self.teacher_recorder.names, outputs))

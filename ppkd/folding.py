@@ -61,9 +61,9 @@ def _conv_bn_pairs(model, forward, keep):
     return pairs, reference
 
 
-def _parent(model, name):
+def _parent(model, layers, name):
     parent_name, _, attr = name.rpartition('.')
-    return (dict(model.named_sublayers())[parent_name] if parent_name else model), attr
+    return (layers[parent_name] if parent_name else model), attr
 
 
 def _fold(conv, bn):
@@ -102,7 +102,7 @@ def fold_batch_norms(model, forward, keep=(), rtol=1e-3, atol=1e-4):
         saved = []
         for conv_name, bn_name in pairs:
             conv, bn = layers[conv_name], layers[bn_name]
-            parent, attr = _parent(model, bn_name)
+            parent, attr = _parent(model, layers, bn_name)
             bias = None if conv.bias is None else conv.bias.numpy().copy()
             saved.append((conv, conv.weight.numpy().copy(), bias, parent, attr, bn))
             _fold(conv, bn)

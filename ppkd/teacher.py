@@ -104,7 +104,7 @@ class _FeatureProgram(nn.Layer):
 
     def __init__(self, model, compiled):
         super().__init__()
-        self._parts = (model, compiled, FEATURE_FORWARDS[type(model).__name__], set(compiled.names))
+        self._parts = (model, compiled, FEATURE_FORWARDS[type(model).__name__], set(compiled.recorder.names))
 
     def forward(self, image):
         model, compiled, feature_forward, wanted = self._parts
@@ -115,53 +115,36 @@ class _FeatureProgram(nn.Layer):
 
 class CompiledTeacher:
     """The teacher's feature forward compiled with `paddle.jit.to_static`
-    (full graph): image → [the outputs of each recorded name, per call].
+    (full graph): image → [the outputs of each name `recorder` records, per
+    call]. The recorder's hooks fire while the program is traced, so what
+    they collect becomes the program's outputs."""
 
-    Hooks on the recorded layers collect their outputs while the program is
-    traced, so those become the program's outputs; `close()` removes them.
-    """
-
-    def __init__(self, model, names):
-        self.names = list(names)
-        self._collected = {}
-        layers = dict(model.named_sublayers())
-        self._handles = [layers[n].register_forward_post_hook(self._collector(n)) for n in self.names]
+    def __init__(self, model, recorder):
+        self.recorder = recorder
         self._program = paddle.jit.to_static(_FeatureProgram(model, self), full_graph=True)
-
-    def _collector(self, name):
-        def hook(layer, args, output):
-            self._collected.setdefault(name, []).append(output)
-        return hook
 
     # Plain Python while tracing.
     @paddle.jit.not_to_static
     def begin(self):
-        self._collected.clear()
+        self.recorder.clear()
 
     @paddle.jit.not_to_static
     def end(self):
-        outputs = [self._collected[n] for n in self.names]
-        self._collected.clear()
-        return outputs
+        return [self.recorder.outputs[n] for n in self.recorder.names]
 
     def __call__(self, image):
         return self._program(image)
 
-    def close(self):
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
-
-def compile_teacher(model, names):
-    """A `CompiledTeacher`, or None with a warning where the teacher's
-    forward cannot be compiled on its own."""
+def compile_teacher(model, recorder):
+    """A `CompiledTeacher` over the teacher's `recorder`, or None with a
+    warning where the teacher's forward cannot be compiled on its own."""
     arch = type(model).__name__
     if arch not in COMPILABLE:
         logger.warning('compile_teacher: a %s teacher depends on the student\'s outputs and is not compiled; '
                        'running it in dygraph', arch)
         return None
-    return CompiledTeacher(model, names)
+    return CompiledTeacher(model, recorder)
 
 
 def run_for_features(model, inputs, student_outputs=None, names=()):
