@@ -35,6 +35,7 @@ with contextlib.redirect_stdout(sys.stderr):
     from ppkd import config as cfgmod  # noqa: E402
     from ppkd.builder import build_distiller, build_model  # noqa: E402
     from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
+    from ppkd.engine.trainer import amp_available, amp_scaler, apply_gradients  # noqa: E402
     from ppkd.teacher import freeze, run_for_features  # noqa: E402
     from ppkd.utils import atomic_write_text  # noqa: E402
 
@@ -81,13 +82,13 @@ def _time_steps(step, batches, warmup):
 
 
 def _train_step(model, optimizer, amp):
+    scaler = amp_scaler(amp)
+
     def step(batch):
         with paddle.amp.auto_cast(enable=amp):
             loss = model(batch)['loss']
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-        float(loss)  # wait for the result, as the trainer's log does
+        float(loss)  # the trainer reads the loss (its finiteness check) before the update
+        apply_gradients(loss, optimizer, scaler)
     return step
 
 
@@ -120,6 +121,7 @@ def _ppdet_distill_model(student_cfg, args):
 def measure(mode, args):
     """One mode, in this process: {'median_s', 'mean_s', 'steps', 'peak_rss_mb', ...}."""
     student_cfg, teacher_cfg = _cfgs(args)
+    amp = amp_available(student_cfg) if args.amp else False  # as the trainer decides it
     n = args.warmup + args.steps
     result = {'mode': mode}
     if mode == 'loader':
@@ -140,7 +142,7 @@ def measure(mode, args):
         if mode == 'student':
             model = build_model(student_cfg)
             model.train()
-            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), args.amp), batches, args.warmup)
+            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
         elif mode in ('ppkd', 'ppkd_folded', 'ppkd_compiled'):
             model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
             model._fold_pending = mode == 'ppkd_folded'
@@ -148,10 +150,10 @@ def measure(mode, args):
             model.train()
             model.prepare_teacher(batches[0])
             result['teacher_batch_norms'] = _count_batch_norms(model.teacher)
-            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), args.amp), batches, args.warmup)
+            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
         elif mode == 'ppdet':
             model = _ppdet_distill_model(student_cfg, args)
-            times = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), args.amp),
+            times = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), amp),
                                 batches, args.warmup)
         elif mode == 'teacher':
             # ppkd's teacher as configured: frozen, run only as far as the losses read.
@@ -161,7 +163,7 @@ def measure(mode, args):
             names = set(model.teacher_recorder.names)
 
             def forward(batch):
-                with paddle.no_grad(), paddle.amp.auto_cast(enable=args.amp):
+                with paddle.no_grad(), paddle.amp.auto_cast(enable=amp):
                     run_for_features(model.teacher, batch, {}, names)
                 float(model.teacher_recorder.outputs[next(iter(names))][-1].sum())
                 model.teacher_recorder.clear()

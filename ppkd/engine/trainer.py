@@ -53,6 +53,23 @@ def amp_available(cfg):
     return False
 
 
+def amp_scaler(amp):
+    """The dynamic loss scale float16 autocast needs, or None without AMP."""
+    return paddle.amp.GradScaler(init_loss_scaling=1024.) if amp else None
+
+
+def apply_gradients(loss, optimizer, scaler=None):
+    """Backward and update (through `scaler` under AMP), then clear the gradients."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaled = scaler.scale(loss)
+        scaled.backward()
+        scaler.minimize(optimizer, scaled)
+    optimizer.clear_grad()
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -98,8 +115,7 @@ class Trainer:
             self.train_model = paddle.DataParallel(model)
         if to_static:
             self.train_model = paddle.jit.to_static(self.train_model)
-        # float16 autocast with a dynamic loss scale, on GPU only.
-        self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024.) if self.amp else None
+        self.scaler = amp_scaler(self.amp)
         self.eval_loader = None
 
     def load_student_weights(self, path):
@@ -176,14 +192,7 @@ class Trainer:
                            and v.size == 1 and not math.isfinite(_scalar(v))]
                     detail = f' ({", ".join(bad)} non-finite)' if bad else ''
                     raise self._diverged(f'loss became {value}{detail}', epoch, iteration)
-                if self.scaler is None:
-                    loss.backward()
-                    self.optimizer.step()
-                else:
-                    scaled = self.scaler.scale(loss)
-                    scaled.backward()
-                    self.scaler.minimize(self.optimizer, scaled)
-                self.optimizer.clear_grad()
+                apply_gradients(loss, self.optimizer, self.scaler)
                 self.lr.step()
                 batch_cost = time.perf_counter() - tic
                 if step % log_iter == 0 or step == self.steps_per_epoch - 1:
