@@ -9,12 +9,9 @@ official test split.
 Writes bench/results/bccd_faster_rcnn.{md,json,png}. The teacher is trained
 once into the work folder and reused by later runs, as are finished runs.
 """
-import argparse
 import os
 
-from common import BCCD, ROOT, run_student, schedule, train_teacher, write
-
-from ppkd.data.split import split_voc
+from common import ROOT, comparison_args, run_comparison
 
 CFG = os.path.join(ROOT, 'configs', 'bccd')
 METHODS = {
@@ -28,42 +25,10 @@ METHODS = {
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument('--dataset', default=BCCD)
-    p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', 'bench_bccd_frcnn'))
-    p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'bccd_faster_rcnn'))
-    p.add_argument('--input_size', type=int, default=256)
-    p.add_argument('--batch_size', type=int, default=2)
-    p.add_argument('--teacher_epochs', type=int, default=8)
-    p.add_argument('--student_epochs', type=int, default=5)
-    p.add_argument('--snapshot_epoch', type=int, default=2)
-    p.add_argument('--seeds', type=int, nargs='+', default=[0])
-    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
-    p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
-    args = p.parse_args()
-    os.makedirs(args.work_dir, exist_ok=True)
-    lists = os.path.join(args.work_dir, 'lists')
-    split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists)
-    common = [f'dataset_dir={lists}', f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
-              f'snapshot_epoch={args.snapshot_epoch}', 'worker_num=2']
-
-    teacher_dir = os.path.join(args.work_dir, 'teacher_r50_fpn')
-    teacher_cfg = os.path.join(CFG, 'teacher_faster_rcnn_r50_fpn.yml')
-    teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir,
-                                                  [*common, *schedule(args.teacher_epochs, warmup_steps=100)])
-    results = {'settings': vars(args), 'teacher': {'mAP': teacher_eval['mAP'], 'per_class': teacher_eval['per_class'],
-                                                   'train_seconds': teacher_seconds}, 'runs': []}
-    print(f'teacher: mAP {teacher_eval["mAP"]:.2f}', flush=True)
-    for seed in args.seeds:
-        for method in args.methods:
-            script, cfg, extra = METHODS[method]
-            out = os.path.join(args.work_dir, f'{method.replace(" ", "_").replace("+", "and")}_seed{seed}')
-            cmd = [script, '-c', os.path.join(CFG, cfg), '--eval', '--seed', str(seed), '--output_dir', out]
-            if script.startswith('slim'):
-                cmd += ['-t', teacher_cfg, '--teacher_pretrained', os.path.join(teacher_dir, 'model_final.pdparams')]
-            cmd += ['-o', *common, *schedule(args.student_epochs, warmup_steps=100), *extra, *args.opt]
-            results['runs'].append(run_student(method, seed, cmd, out, teacher_eval['per_class']))
-            write(results, args.out, 'Faster R-CNN R50-FPN', 'BCCD: Faster R-CNN R18-FPN student')
+    args = comparison_args(__doc__.strip().splitlines()[0], 'bench_bccd_frcnn', 'bccd_faster_rcnn', input_size=256,
+                           batch_size=2, teacher_epochs=8, student_epochs=5, seeds=[0], methods=METHODS).parse_args()
+    run_comparison(args, CFG, 'teacher_faster_rcnn_r50_fpn.yml', 'teacher_r50_fpn', METHODS, 'Faster R-CNN R50-FPN',
+                   'BCCD: Faster R-CNN R18-FPN student', warmup_steps=100)
 
 
 if __name__ == '__main__':

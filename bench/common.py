@@ -1,5 +1,6 @@
 """What the BCCD comparisons share: running a training command (once),
 reading its metrics, and writing the results table."""
+import argparse
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from ppkd.data.split import split_voc  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
 BCCD = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'datasets', 'BCCD'))
@@ -90,6 +92,53 @@ def run_student(method, seed, cmd, out, classes):
     print(f'{method} seed {seed}: mAP {result["mAP"]:.2f} in {seconds:.0f} s'
           + (f' (stopped: {error})' if error else ''), flush=True)
     return result
+
+
+def comparison_args(description, work_name, out_name, input_size, batch_size, teacher_epochs, student_epochs, seeds,
+                    methods):
+    """The flags every BCCD comparison takes, with its own defaults."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--dataset', default=BCCD)
+    p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', work_name))
+    p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', out_name))
+    p.add_argument('--input_size', type=int, default=input_size)
+    p.add_argument('--batch_size', type=int, default=batch_size)
+    p.add_argument('--teacher_epochs', type=int, default=teacher_epochs)
+    p.add_argument('--student_epochs', type=int, default=student_epochs)
+    p.add_argument('--snapshot_epoch', type=int, default=2)
+    p.add_argument('--seeds', type=int, nargs='+', default=seeds)
+    p.add_argument('--methods', nargs='+', default=list(methods), choices=list(methods))
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
+    return p
+
+
+def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_label, title, warmup_steps=50):
+    """Train (or reuse) the teacher, then every method × seed, seed by seed
+    so a cut-short run still compares every method; `methods` maps a name to
+    (script, config, extra overrides). Results go to `args.out`.{md,json,png}."""
+    os.makedirs(args.work_dir, exist_ok=True)
+    lists = os.path.join(args.work_dir, 'lists')
+    split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists)
+    common = [f'dataset_dir={lists}', f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
+              f'snapshot_epoch={args.snapshot_epoch}', 'worker_num=2']
+    teacher_dir = os.path.join(args.work_dir, teacher_dir)
+    teacher_cfg = os.path.join(cfg_dir, teacher_cfg)
+    teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir,
+                                                  [*common, *schedule(args.teacher_epochs, warmup_steps)])
+    results = {'settings': vars(args), 'teacher': {'mAP': teacher_eval['mAP'], 'per_class': teacher_eval['per_class'],
+                                                   'train_seconds': teacher_seconds}, 'runs': []}
+    print(f'teacher: mAP {teacher_eval["mAP"]:.2f}', flush=True)
+    for seed in args.seeds:
+        for method in args.methods:
+            script, cfg, extra = methods[method]
+            run_name = method.replace(' ', '_').replace('=', '').replace('+', 'and')
+            run_dir = os.path.join(args.work_dir, f'{run_name}_seed{seed}')
+            cmd = [script, '-c', os.path.join(cfg_dir, cfg), '--eval', '--seed', str(seed), '--output_dir', run_dir]
+            if script.startswith('slim'):
+                cmd += ['-t', teacher_cfg, '--teacher_pretrained', os.path.join(teacher_dir, 'model_final.pdparams')]
+            cmd += ['-o', *common, *schedule(args.student_epochs, warmup_steps), *extra, *args.opt]
+            results['runs'].append(run_student(method, seed, cmd, run_dir, teacher_eval['per_class']))
+            write(results, args.out, teacher_label, title)
 
 
 def write(results, out, teacher_label, title):
