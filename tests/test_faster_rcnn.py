@@ -39,23 +39,15 @@ def _fails_in(excinfo, function):
     return any(entry.name == function for entry in excinfo.traceback)
 
 
-def test_training_needs_the_rpn_proposals_fix(tiny_voc):
+@pytest.mark.parametrize('fix,function', [('rpn_proposals_0d', '_gen_proposal'),
+                                          ('proposal_targets_0d', 'generate_proposal_target')])
+def test_training_needs_the_fix(tiny_voc, fix, function):
     cfg = _cfg('student_faster_rcnn_r18_fpn.yml', tiny_voc)
     model, batch = build_model(cfg), _batch(cfg)
     model.train()
-    with compat.disabled('rpn_proposals_0d'), pytest.raises(Exception) as excinfo:
+    with compat.disabled(fix), pytest.raises(Exception) as excinfo:
         model(batch)
-    assert _fails_in(excinfo, '_gen_proposal')
-    assert np.isfinite(float(model(batch)['loss']))
-
-
-def test_training_needs_the_proposal_targets_fix(tiny_voc):
-    cfg = _cfg('student_faster_rcnn_r18_fpn.yml', tiny_voc)
-    model, batch = build_model(cfg), _batch(cfg)
-    model.train()
-    with compat.disabled('proposal_targets_0d'), pytest.raises(Exception) as excinfo:
-        model(batch)
-    assert _fails_in(excinfo, 'generate_proposal_target')
+    assert _fails_in(excinfo, function)
     assert np.isfinite(float(model(batch)['loss']))
 
 
@@ -132,13 +124,16 @@ def test_hint_adapts_channels_and_size(tiny_voc, frcnn_teacher):
     assert np.isfinite(float(out['distill_hint']))
 
 
-def test_distill_cli_end_to_end(tiny_voc, frcnn_teacher, tmp_path):
-    code = run_script('slim/distillation/distill.py', [
+def _distill_cli(tiny_voc, frcnn_teacher, out, flag):
+    return run_script('slim/distillation/distill.py', [
         '-c', os.path.join(BCCD_CFG, 'distill_faster_rcnn.yml'),
         '-t', os.path.join(BCCD_CFG, 'teacher_faster_rcnn_r50_fpn.yml'), '--teacher_pretrained', frcnn_teacher,
-        '--eval', '--output_dir', str(tmp_path), '--teacher_opt', 'num_classes=4', f'dataset_dir={tiny_voc}',
+        flag, '--output_dir', str(out), '--teacher_opt', 'num_classes=4', f'dataset_dir={tiny_voc}',
         '-o', *tiny_opts(tiny_voc, *FRCNN_TINY)])
-    assert code == 0
+
+
+def test_distill_cli_end_to_end(tiny_voc, frcnn_teacher, tmp_path):
+    assert _distill_cli(tiny_voc, frcnn_teacher, tmp_path, '--eval') == 0
     state = paddle.load(str(tmp_path / 'model_final.pdparams'))
     assert state and all(not k.startswith(('teacher', 'distill_losses')) for k in state)
     with open(tmp_path / 'metrics.jsonl') as f:
@@ -147,12 +142,7 @@ def test_distill_cli_end_to_end(tiny_voc, frcnn_teacher, tmp_path):
 
 
 def test_distill_cli_to_static(tiny_voc, frcnn_teacher, tmp_path):
-    code = run_script('slim/distillation/distill.py', [
-        '-c', os.path.join(BCCD_CFG, 'distill_faster_rcnn.yml'),
-        '-t', os.path.join(BCCD_CFG, 'teacher_faster_rcnn_r50_fpn.yml'), '--teacher_pretrained', frcnn_teacher,
-        '--to_static', '--output_dir', str(tmp_path), '--teacher_opt', 'num_classes=4', f'dataset_dir={tiny_voc}',
-        '-o', *tiny_opts(tiny_voc, *FRCNN_TINY)])
-    assert code == 0
+    assert _distill_cli(tiny_voc, frcnn_teacher, tmp_path, '--to_static') == 0
     assert os.path.isfile(tmp_path / 'model_final.pdparams')
 
 
