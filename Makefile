@@ -27,8 +27,11 @@ test-paddle26:
 	@bash .ci/install.sh .venv-paddle26 paddlepaddle==2.6.2
 	.venv-paddle26/bin/python -m pytest -q tests -m smoke
 
+# TEACHER_WEIGHTS=path/to/teacher.pdparams times a trained teacher (without:
+# random weights with data-calibrated BatchNorm statistics).
 bench-step-time: install
-	$(PY) bench/step_time.py --save step_time_yolov3_r34_mobilenet_v1
+	$(PY) bench/step_time.py --save step_time_yolov3_r34_mobilenet_v1 \
+		$(if $(TEACHER_WEIGHTS),--teacher_weights $(TEACHER_WEIGHTS))
 
 bench-bccd: install
 	$(PY) bench/bccd_yolov3.py

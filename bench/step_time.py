@@ -36,27 +36,37 @@ with contextlib.redirect_stdout(sys.stderr):
     from ppkd.builder import build_distiller, build_model  # noqa: E402
     from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
     from ppkd.engine.trainer import amp_available, amp_scaler, apply_gradients  # noqa: E402
-    from ppkd.teacher import freeze, run_for_features  # noqa: E402
+    from ppkd.teacher import freeze  # noqa: E402
     from ppkd.utils import atomic_write_text  # noqa: E402
 
 MODES = {
     'student': 'student alone (a)',
     'ppkd': 'ppkd distill step (b)',
-    'ppkd_folded': 'ppkd, teacher BatchNorm folded',
-    'ppkd_compiled': 'ppkd, teacher compiled (to_static)',
+    'ppkd_dygraph': 'ppkd, dygraph teacher',
+    'ppkd_folded': 'ppkd, dygraph teacher, BatchNorm folded',
+    'ppkd_to_static': 'ppkd, teacher compiled by to_static',
     'ppdet': 'ppdet DistillModel (c)',
     'teacher': 'teacher forward alone (d)',
+    'teacher_dygraph': 'dygraph teacher forward alone',
     'loader': 'data loader',
+}
+# How each ppkd mode sets the teacher up ('ppkd': as configured, by default
+# compiled for Paddle Inference where the architecture allows).
+TEACHER_OPTS = {
+    'ppkd': [], 'teacher': [],
+    'ppkd_dygraph': ['distill.compile_teacher=dygraph'], 'teacher_dygraph': ['distill.compile_teacher=dygraph'],
+    'ppkd_folded': ['distill.compile_teacher=dygraph', 'distill.fold_teacher_bn=true'],
+    'ppkd_to_static': ['distill.compile_teacher=to_static'],
 }
 # ppdet's DistillModel losses for the same method, where ppdet has one.
 PPDET_LOSSES = {'YOLOv3FineGrainedDistill': 'DistillYOLOv3Loss'}
 
 
-def _cfgs(args):
+def _cfgs(args, mode=None):
     # The generated fallback set has its own class count: both configs follow it.
     data = [f'dataset_dir={args.lists}'] + ([f'num_classes={args.num_classes}'] if args.num_classes else [])
     opts = [*data, f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
-            f'worker_num={args.workers}', *args.opt]
+            f'worker_num={args.workers}', *TEACHER_OPTS.get(mode, []), *args.opt]
     return cfgmod.load_config(args.distill_config, opts), cfgmod.load_config(args.teacher, data)
 
 
@@ -73,12 +83,14 @@ def _batches(cfg, n):
 def _time_steps(step, batches, warmup):
     for batch in batches[:warmup]:
         step(batch)
-    times = []
+    times, cpu = [], []
     for batch in batches[warmup:]:
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.process_time()
         step(batch)
         times.append(time.perf_counter() - tic)
-    return times
+        cpu.append(time.process_time() - cpu_tic)
+    # Cores kept busy on average: how much room the step leaves.
+    return times, sum(cpu) / sum(times)
 
 
 def _train_step(model, optimizer, amp):
@@ -92,8 +104,11 @@ def _train_step(model, optimizer, amp):
     return step
 
 
-def _count_batch_norms(model):
-    return sum(isinstance(m, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm)) for m in model.sublayers())
+def _teacher_form(distiller):
+    compiled = distiller.compiled_teacher
+    return {'teacher_engine': compiled.engine if compiled else 'dygraph',
+            'teacher_batch_norms': sum(isinstance(m, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm))
+                                       for m in distiller.teacher.sublayers())}
 
 
 def _optimizer(cfg, model):
@@ -120,7 +135,7 @@ def _ppdet_distill_model(student_cfg, args):
 
 def measure(mode, args):
     """One mode, in this process: {'median_s', 'mean_s', 'steps', 'peak_rss_mb', ...}."""
-    student_cfg, teacher_cfg = _cfgs(args)
+    student_cfg, teacher_cfg = _cfgs(args, mode)
     amp = amp_available(student_cfg) if args.amp else False  # as the trainer decides it
     n = args.warmup + args.steps
     result = {'mode': mode}
@@ -135,40 +150,39 @@ def measure(mode, args):
                     break
             if len(times) == n:
                 break
-        times = times[args.warmup:]
+        times, cores = times[args.warmup:], None
     else:
         batches = _batches(student_cfg, n)
         paddle.seed(0)
         if mode == 'student':
             model = build_model(student_cfg)
             model.train()
-            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
-        elif mode in ('ppkd', 'ppkd_folded', 'ppkd_compiled'):
+            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
+        elif mode.startswith('ppkd'):
             model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
-            model._fold_pending = mode == 'ppkd_folded'
-            model._compile_pending = mode == 'ppkd_compiled'
             model.train()
             model.prepare_teacher(batches[0])
-            result['teacher_batch_norms'] = _count_batch_norms(model.teacher)
-            times = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
+            result.update(_teacher_form(model))
+            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
         elif mode == 'ppdet':
             model = _ppdet_distill_model(student_cfg, args)
-            times = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), amp),
+            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), amp),
                                 batches, args.warmup)
-        elif mode == 'teacher':
-            # ppkd's teacher as configured: frozen, run only as far as the losses read.
+        elif mode.startswith('teacher'):
+            # ppkd's teacher as a distill step runs it: frozen, only as far as the losses read.
             model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
             model.train()
             model.prepare_teacher(batches[0])
-            names = set(model.teacher_recorder.names)
+            result.update(_teacher_form(model))
+            name = model.teacher_recorder.names[0]
 
             def forward(batch):
                 with paddle.no_grad(), paddle.amp.auto_cast(enable=amp):
-                    run_for_features(model.teacher, batch, {}, names)
-                float(model.teacher_recorder.outputs[next(iter(names))][-1].sum())
+                    model.run_teacher(batch)
+                float(model.teacher_recorder.outputs[name][-1].sum())
                 model.teacher_recorder.clear()
-            times = _time_steps(forward, batches, args.warmup)
-    result.update(median_s=statistics.median(times), mean_s=statistics.fmean(times), steps=len(times),
+            times, cores = _time_steps(forward, batches, args.warmup)
+    result.update(median_s=statistics.median(times), mean_s=statistics.fmean(times), steps=len(times), cores_busy=cores,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return result
 
@@ -201,12 +215,13 @@ def _lists(args):
 
 def table(results, args):
     by = {r['mode']: r for r in results}
-    lines = ['| run | median step (s) | mean (s) | steps | peak RSS (MB) | teacher BatchNorms left |',
-             '|---|---|---|---|---|---|']
+    lines = ['| run | median step (s) | mean (s) | steps | cores busy | peak RSS (MB) | teacher runs as | '
+             'teacher BatchNorms left |', '|---|---|---|---|---|---|---|---|']
     for r in results:
-        lines.append('| %s | %.3f | %.3f | %d | %.0f | %s |' % (
-            MODES[r['mode']], r['median_s'], r['mean_s'], r['steps'], r['peak_rss_mb'],
-            r.get('teacher_batch_norms', '')))
+        lines.append('| %s | %.3f | %.3f | %d | %s | %.0f | %s | %s |' % (
+            MODES[r['mode']], r['median_s'], r['mean_s'], r['steps'],
+            '%.2f' % r['cores_busy'] if r.get('cores_busy') else '', r['peak_rss_mb'],
+            r.get('teacher_engine', ''), r.get('teacher_batch_norms', '')))
     ratios = []
     if 'ppkd' in by and 'student' in by:
         ratios.append('(b)/(a) ppkd distill / student: %.2f' % (by['ppkd']['median_s'] / by['student']['median_s']))

@@ -67,4 +67,19 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
         losses.append(loss)
     section = student_cfg.get('distill') or {}
     return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', False),
-                     compile_teacher=section.get('compile_teacher', False))
+                     compile_teacher=_compile_engine(student_cfg, section.get('compile_teacher', 'auto')),
+                     tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)))
+
+
+# `distill.compile_teacher` values → engine ('auto': Paddle Inference where
+# the architecture allows, dygraph elsewhere without a warning).
+COMPILE_ENGINES = {'auto': 'auto', True: 'auto', 'inference': 'inference', 'to_static': 'to_static',
+                   False: None, 'dygraph': None, None: None}
+
+
+def _compile_engine(cfg, value):
+    try:
+        return COMPILE_ENGINES[value]
+    except (KeyError, TypeError):
+        raise PPKDError(f'{cfg["config_path"]}: distill.compile_teacher must be one of auto, inference, '
+                        f'to_static, dygraph (false); got {value!r}') from None

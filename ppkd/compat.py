@@ -160,6 +160,22 @@ def _bbox_get_pred_0d():
     _concat_0d_during('bbox_get_pred_0d', post_process.BBoxPostProcess, 'get_pred', post_process)
 
 
+def inference_needs_legacy_ir():
+    """Paddle 3's PIR inference passes crash on ppdet models (3.3.1:
+    `conv_activation_mkldnn_fuse_pass` segfaults building FusedConv2dOp on
+    YOLOv3), so an exported teacher is saved as a legacy program
+    (`legacy_ir_export`) and run with the legacy passes
+    (`Config.enable_new_ir(False)`), as on Paddle 2.6."""
+    return paddle_version() >= (3, 0)
+
+
+def legacy_ir_export(enabled=None):
+    """Where `jit.save` must write a legacy program (see above)."""
+    if enabled is None:
+        enabled = inference_needs_legacy_ir()
+    return paddle.pir_utils.DygraphOldIrGuard() if enabled else contextlib.nullcontext()
+
+
 def _zero_d_tensors():
     return paddle_version() >= (2, 5)
 

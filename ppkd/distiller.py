@@ -5,9 +5,10 @@ import logging
 import paddle
 import paddle.nn as nn
 
+from ppkd.compiled_teacher import compile_teacher
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
-from ppkd.teacher import compile_teacher, freeze, run_for_features
+from ppkd.teacher import COMPILABLE, FEATURE_FORWARDS, freeze, run_for_features
 
 logger = logging.getLogger('ppkd')
 
@@ -22,11 +23,13 @@ class Distiller(nn.Layer):
     are the student's and the losses' own (adapters).
     """
 
-    def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher=False):
+    def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
+                 tensorrt_max_size=0):
         super().__init__()
         self._fold_pending = fold_teacher_bn
         self._compile_pending = compile_teacher
-        self._compiled_teacher = None
+        self._tensorrt_max_size = tensorrt_max_size
+        self.compiled_teacher = None
         self.student = student
         self.teacher = freeze(teacher)
         self.distill_losses = nn.LayerList(losses)
@@ -42,15 +45,30 @@ class Distiller(nn.Layer):
         self.teacher.eval()
         return self
 
-    def prepare_teacher(self, inputs):
+    def prepare_teacher(self, inputs, in_program=False):
         """Before the first step (and outside any compiled program): fold
-        the teacher's BatchNorms into its convolutions, checked on `inputs`,
-        and compile its forward if asked."""
+        the teacher's BatchNorms into its convolutions if asked, and compile
+        its forward, both checked on `inputs`. `in_program`: the whole step
+        is compiled with the teacher inside (`--to_static`), so the teacher
+        is not compiled apart."""
         if self._fold_pending:
             self._fold_teacher(inputs)
         if self._compile_pending:
-            self._compile_pending = False
-            self._compiled_teacher = compile_teacher(self.teacher, self.teacher_recorder)
+            self._compile_teacher(inputs, in_program)
+
+    def _compile_teacher(self, inputs, in_program):
+        engine, self._compile_pending = self._compile_pending, False
+        arch = type(self.teacher).__name__
+        if in_program:
+            logger.info('teacher: compiled with the student in one program')
+        elif arch not in COMPILABLE:
+            # Its forward reads the student's outputs of the same step.
+            (logger.info if engine == 'auto' else logger.warning)(
+                'teacher: a %s teacher depends on the student\'s outputs; running it in dygraph', arch)
+        else:
+            self.compiled_teacher = compile_teacher(
+                self.teacher, self.teacher_recorder, FEATURE_FORWARDS[arch], inputs,
+                'inference' if engine == 'auto' else engine, self._tensorrt_max_size)
 
     def _fold_teacher(self, inputs):
         self._fold_pending = False
@@ -78,17 +96,16 @@ class Distiller(nn.Layer):
             return outputs['loss']
         return paddle.add_n([value * scale.get(name, 1.) for name, value in outputs.items() if name != 'loss'])
 
-    def _run_teacher(self, inputs):
-        if self._compiled_teacher is not None:
+    def run_teacher(self, inputs):
+        """The teacher's part of a step: its recorder filled for `inputs`."""
+        if self.compiled_teacher is not None:
             try:
-                outputs = self._compiled_teacher(inputs['image'])
-            except Exception as e:  # noqa: BLE001  any tracing failure: fall back, say so
+                self.teacher_recorder.outputs = self.compiled_teacher.record(inputs['image'])
+                return
+            except Exception as e:  # noqa: BLE001  e.g. an input the compiled form refuses: fall back, say so
                 logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
                                str(e).strip().splitlines()[-1] if str(e).strip() else '')
-                self._compiled_teacher = None
-            else:
-                self.teacher_recorder.outputs = dict(zip(self.teacher_recorder.names, outputs))
-                return
+                self.compiled_teacher = None
         run_for_features(self.teacher, inputs, self.student_recorder.outputs, set(self.teacher_recorder.names))
 
     def forward(self, inputs):
@@ -98,7 +115,7 @@ class Distiller(nn.Layer):
         self.teacher_recorder.clear()
         outputs = dict(self.student(inputs))
         with paddle.no_grad():
-            self._run_teacher(inputs)
+            self.run_teacher(inputs)
         det_loss = self._detection_loss(outputs)
         total = det_loss
         for loss in self.distill_losses:

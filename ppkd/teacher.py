@@ -1,14 +1,11 @@
 """The teacher: weights loaded with clear mismatch errors, frozen, and run
 only as far as the losses need."""
-import logging
 import os
 
 import paddle
-import paddle.nn as nn
 
 from ppkd.errors import PPKDError
 
-logger = logging.getLogger('ppkd')
 
 
 def _weights_path(path):
@@ -94,57 +91,6 @@ FEATURE_FORWARDS = {'YOLOv3': _yolov3_head_maps, 'FasterRCNN': _faster_rcnn_part
 # Architectures whose feature forward is a function of the image alone (not
 # of the student's outputs), so it can be compiled on its own.
 COMPILABLE = {'YOLOv3'}
-
-
-class _FeatureProgram(nn.Layer):
-    """What is compiled: begin collecting, the feature forward, the
-    collected outputs. (A layer rather than a closure: Paddle 2.6's
-    translator loses closure variables.) The teacher is held outside the
-    layer tree so its parameters are not registered twice."""
-
-    def __init__(self, model, compiled):
-        super().__init__()
-        self._parts = (model, compiled, FEATURE_FORWARDS[type(model).__name__], set(compiled.recorder.names))
-
-    def forward(self, image):
-        model, compiled, feature_forward, wanted = self._parts
-        compiled.begin()
-        feature_forward(model, {'image': image}, {}, wanted)
-        return compiled.end()
-
-
-class CompiledTeacher:
-    """The teacher's feature forward compiled with `paddle.jit.to_static`
-    (full graph): image → [the outputs of each name `recorder` records, per
-    call]. The recorder's hooks fire while the program is traced, so what
-    they collect becomes the program's outputs."""
-
-    def __init__(self, model, recorder):
-        self.recorder = recorder
-        self._program = paddle.jit.to_static(_FeatureProgram(model, self), full_graph=True)
-
-    # Plain Python while tracing.
-    @paddle.jit.not_to_static
-    def begin(self):
-        self.recorder.clear()
-
-    @paddle.jit.not_to_static
-    def end(self):
-        return [self.recorder.outputs[n] for n in self.recorder.names]
-
-    def __call__(self, image):
-        return self._program(image)
-
-
-def compile_teacher(model, recorder):
-    """A `CompiledTeacher` over the teacher's `recorder`, or None with a
-    warning where the teacher's forward cannot be compiled on its own."""
-    arch = type(model).__name__
-    if arch not in COMPILABLE:
-        logger.warning('compile_teacher: a %s teacher depends on the student\'s outputs and is not compiled; '
-                       'running it in dygraph', arch)
-        return None
-    return CompiledTeacher(model, recorder)
 
 
 def run_for_features(model, inputs, student_outputs=None, names=()):

@@ -1,7 +1,9 @@
 """The cheaper teacher: BatchNorm folded into convolutions, or the forward
-compiled, gives the same distillation losses as the plain teacher; a fold
-that would change the outputs is undone, a teacher that cannot be compiled
-runs in dygraph with a warning."""
+compiled (to_static, or exported to Paddle Inference), gives the same
+distillation losses as the plain teacher; a fold that would change the
+outputs is undone; a teacher that cannot be compiled runs in dygraph with a
+warning."""
+import ctypes
 import logging
 import os
 
@@ -9,54 +11,141 @@ import numpy as np
 import paddle
 import pytest
 
+from ppkd import compat
+from ppkd import compiled_teacher as compiling
 from ppkd import config as cfgmod
 from ppkd.builder import build_distiller
 from ppkd.data.loader import build_reader, epoch_batches
 from ppkd.engine.trainer import seed_everything
+from ppkd.errors import PPKDError
 from ppkd.folding import fold_batch_norms
+from ppkd.teacher import FEATURE_FORWARDS
 
 from conftest import CONFIGS, FRCNN_TINY, tiny_opts
 
 pytestmark = pytest.mark.smoke
 
 
-def _losses(student_cfg, teacher_cfg, weights, batch, fold, compile=False):
+def _yolov3_cfgs(root, *extra):
+    opts = tiny_opts(root, 'use_fine_grained_loss=true', *extra)
+    return (cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'distill_l2.yml'), opts),
+            cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml'), tiny_opts(root)))
+
+
+def _frcnn_cfgs(root, *extra):
+    opts = tiny_opts(root, *FRCNN_TINY)
+    bccd = os.path.join(CONFIGS, 'bccd')
+    return (cfgmod.load_config(os.path.join(bccd, 'distill_faster_rcnn.yml'), opts + list(extra)),
+            cfgmod.load_config(os.path.join(bccd, 'teacher_faster_rcnn_r50_fpn.yml'), opts))
+
+
+def _prepared(student_cfg, teacher_cfg, weights, batch):
     seed_everything(0)  # the same student weights
     model = build_distiller(student_cfg, teacher_cfg, weights)
-    model._fold_pending, model._compile_pending = fold, compile
     model.train()
     model.prepare_teacher(batch)
+    return model
+
+
+def _losses(model, batch):
     paddle.seed(1)
-    out = model(batch)
-    bn = sum(isinstance(layer, paddle.nn.BatchNorm2D) for layer in model.teacher.sublayers())
-    if compile:
-        assert model._compiled_teacher is not None
-    return {k: float(v) for k, v in out.items() if k.startswith('distill')}, bn
+    return {k: float(v) for k, v in model(batch).items() if k.startswith('distill')}
 
 
-def _check_same(student_cfg, teacher_cfg, weights, compile=False):
-    batch = next(epoch_batches(build_reader(student_cfg, 'Train')))
-    plain, bn_plain = _losses(student_cfg, teacher_cfg, weights, batch, fold=False)
-    cheap, bn_cheap = _losses(student_cfg, teacher_cfg, weights, batch, fold=True, compile=compile)
-    assert bn_plain > 0 and bn_cheap == 0
-    assert plain.keys() == cheap.keys() and plain
-    for k in plain:
-        assert cheap[k] == pytest.approx(plain[k], rel=1e-3, abs=1e-5), k
+def _batch_norms(model):
+    return sum(isinstance(layer, paddle.nn.BatchNorm2D) for layer in model.teacher.sublayers())
 
 
-@pytest.mark.parametrize('compile', [False, True], ids=['folded', 'folded+compiled'])
-def test_cheap_yolov3_teacher_gives_the_same_losses(tiny_voc, tiny_teacher, compile):
-    opts = tiny_opts(tiny_voc, 'use_fine_grained_loss=true')
-    _check_same(cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'distill_l2.yml'), opts),
-                cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml'), tiny_opts(tiny_voc)),
-                tiny_teacher[1], compile)
+@pytest.mark.parametrize('fold,engine', [(True, 'dygraph'), (False, 'to_static'), (False, 'inference'),
+                                         (True, 'inference')],
+                         ids=['folded', 'to_static', 'inference', 'folded+inference'])
+def test_cheap_yolov3_teacher_gives_the_same_losses(tiny_voc, tiny_teacher, fold, engine):
+    plain_cfgs = _yolov3_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
+    batch = next(epoch_batches(build_reader(plain_cfgs[0], 'Train')))
+    plain = _prepared(*plain_cfgs, tiny_teacher[1], batch)
+    assert plain.compiled_teacher is None and _batch_norms(plain) > 0
+    cheap = _prepared(*_yolov3_cfgs(tiny_voc, f'distill.compile_teacher={engine}', f'distill.fold_teacher_bn={fold}'),
+                      tiny_teacher[1], batch)
+    assert (_batch_norms(cheap) == 0) == fold
+    if engine != 'dygraph':
+        assert cheap.compiled_teacher is not None and cheap.compiled_teacher.engine == engine
+    expected, got = _losses(plain, batch), _losses(cheap, batch)
+    assert expected.keys() == got.keys() and expected
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), k
+
+
+def test_inference_is_the_default_for_yolov3(tiny_voc, tiny_teacher):
+    cfgs = _yolov3_cfgs(tiny_voc)
+    model = _prepared(*cfgs, tiny_teacher[1], next(epoch_batches(build_reader(cfgs[0], 'Train'))))
+    assert model.compiled_teacher.engine == 'inference'
 
 
 def test_folded_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher):
-    opts = tiny_opts(tiny_voc, *FRCNN_TINY)
-    bccd = os.path.join(CONFIGS, 'bccd')
-    _check_same(cfgmod.load_config(os.path.join(bccd, 'distill_faster_rcnn.yml'), opts),
-                cfgmod.load_config(os.path.join(bccd, 'teacher_faster_rcnn_r50_fpn.yml'), opts), frcnn_teacher)
+    plain_cfgs = _frcnn_cfgs(tiny_voc)
+    batch = next(epoch_batches(build_reader(plain_cfgs[0], 'Train')))
+    plain = _prepared(*plain_cfgs, frcnn_teacher, batch)
+    folded = _prepared(*_frcnn_cfgs(tiny_voc, 'distill.fold_teacher_bn=true'), frcnn_teacher, batch)
+    assert _batch_norms(plain) > 0 and _batch_norms(folded) == 0
+    expected, got = _losses(plain, batch), _losses(folded, batch)
+    assert expected.keys() == got.keys() and expected
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), k
+
+
+def _omp_max_threads():
+    return ctypes.CDLL(os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so')).omp_get_max_threads()
+
+
+def _inference_teacher(tiny_voc, tiny_teacher, **kwargs):
+    student_cfg, teacher_cfg = _yolov3_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
+    model = _prepared(student_cfg, teacher_cfg, tiny_teacher[1], None)
+    image = next(epoch_batches(build_reader(student_cfg, 'Train')))['image']
+    program = compiling._FeatureProgram(model.teacher, model.teacher_recorder, FEATURE_FORWARDS['YOLOv3'])
+    program.eval()
+    with paddle.no_grad():
+        return compiling.InferenceTeacher(program, image, **kwargs), image
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so')),
+                    reason='Paddle built without Intel OpenMP')
+def test_inference_teacher_gives_the_student_its_threads_back(tiny_voc, tiny_teacher):
+    threads = int(os.environ['OMP_NUM_THREADS'])
+    assert threads > 1, 'the test needs OMP_NUM_THREADS > 1'
+    teacher, image = _inference_teacher(tiny_voc, tiny_teacher)
+    compiling._run_predictor(teacher._predictor, image)
+    assert _omp_max_threads() == 1  # what a bare predictor run leaves behind
+    teacher(image)
+    assert _omp_max_threads() == threads
+
+
+@pytest.mark.skipif(not compat.inference_needs_legacy_ir(), reason='the legacy IR is only needed on Paddle 3')
+def test_inference_teacher_needs_the_legacy_ir(tiny_voc, tiny_teacher):
+    with pytest.raises(compiling.CompileError, match='killed by signal'):
+        _inference_teacher(tiny_voc, tiny_teacher, legacy_ir=False)
+
+
+def test_teacher_that_fails_to_compile_runs_in_dygraph(tiny_voc, tiny_teacher, monkeypatch, caplog):
+    """A predictor that crashes (here: PIR passes on Paddle 3) or outputs
+    that differ leave the dygraph teacher in place, with a warning."""
+    cfgs = _yolov3_cfgs(tiny_voc, 'distill.compile_teacher=inference')
+    batch = next(epoch_batches(build_reader(cfgs[0], 'Train')))
+    if compat.inference_needs_legacy_ir():
+        monkeypatch.setattr(compat, 'inference_needs_legacy_ir', lambda: False)
+        why = 'the predictor failed in a probe process'
+    else:
+        monkeypatch.setattr(compiling, 'RELATIVE_TOLERANCE', -1.0)
+        why = 'differ from dygraph'
+    with caplog.at_level(logging.WARNING, logger='ppkd'):
+        model = _prepared(*cfgs, tiny_teacher[1], batch)
+    assert model.compiled_teacher is None
+    assert 'teacher: inference' in caplog.text and why in caplog.text and 'running it in dygraph' in caplog.text
+    assert np.isfinite(float(model(batch)['loss']))
+
+
+def test_unknown_compile_engine_is_refused(tiny_voc, tiny_teacher):
+    with pytest.raises(PPKDError, match="distill.compile_teacher must be one of .*got 'fast'"):
+        build_distiller(*_yolov3_cfgs(tiny_voc, 'distill.compile_teacher=fast'), tiny_teacher[1])
 
 
 class _ConvBNWithSideOutput(paddle.nn.Layer):
@@ -101,16 +190,13 @@ def test_fold_matches_conv_bn():
     np.testing.assert_allclose(model(x).numpy(), before, rtol=1e-5, atol=1e-6)
 
 
-def test_faster_rcnn_teacher_is_not_compiled_and_says_so(tiny_voc, frcnn_teacher, caplog):
-    opts = tiny_opts(tiny_voc, *FRCNN_TINY)
-    bccd = os.path.join(CONFIGS, 'bccd')
-    student_cfg = cfgmod.load_config(os.path.join(bccd, 'distill_faster_rcnn.yml'), opts)
-    model = build_distiller(student_cfg, cfgmod.load_config(os.path.join(bccd, 'teacher_faster_rcnn_r50_fpn.yml'), opts),
-                            frcnn_teacher)
-    model._fold_pending, model._compile_pending = False, True
+@pytest.mark.parametrize('engine,level', [('inference', logging.WARNING), ('auto', logging.INFO)])
+def test_faster_rcnn_teacher_is_not_compiled_and_says_so(tiny_voc, frcnn_teacher, caplog, engine, level):
+    student_cfg, teacher_cfg = _frcnn_cfgs(tiny_voc, f'distill.compile_teacher={engine}')
     batch = next(epoch_batches(build_reader(student_cfg, 'Train')))
-    model.train()
-    with caplog.at_level(logging.WARNING, logger='ppkd'):
-        model.prepare_teacher(batch)
-    assert model._compiled_teacher is None and 'is not compiled; running it in dygraph' in caplog.text
+    with caplog.at_level(logging.INFO, logger='ppkd'):
+        model = _prepared(student_cfg, teacher_cfg, frcnn_teacher, batch)
+    assert model.compiled_teacher is None
+    said = [r for r in caplog.records if 'depends on the student\'s outputs; running it in dygraph' in r.message]
+    assert [r.levelno for r in said] == [level]
     assert np.isfinite(float(model(batch)['loss']))

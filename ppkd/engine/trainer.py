@@ -110,6 +110,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_map = None
         self.train_model = model
+        self.to_static = to_static
         if self.world_size > 1:
             paddle.distributed.init_parallel_env()
             self.train_model = paddle.DataParallel(model)
@@ -176,7 +177,7 @@ class Trainer:
                 data_cost = time.perf_counter() - tic
                 iteration = epoch * self.steps_per_epoch + step
                 if hasattr(self.model, 'prepare_teacher'):
-                    self.model.prepare_teacher(batch)
+                    self.model.prepare_teacher(batch, in_program=self.to_static)
                 try:
                     with paddle.amp.auto_cast(enable=self.amp):
                         outputs = self.train_model(batch)

@@ -1,0 +1,250 @@
+"""The teacher's feature forward compiled: traced with `paddle.jit.to_static`
+('to_static'), or exported and run by Paddle Inference ('inference': oneDNN
+on CPU, the GPU with optional TensorRT). Either returns, for one image
+batch, what the teacher's recorder would have recorded; either is checked
+against the plain dygraph teacher on a real batch before it is used, and
+anything that fails — tracing, export, a predictor that crashes, outputs
+that differ — leaves the dygraph teacher in place with a warning.
+
+    python -m ppkd.compiled_teacher PREFIX DEVICE THREADS TENSORRT_MAX_SIZE LEGACY_IR
+
+runs one exported teacher once in a separate process: the probe that a
+predictor can be built and run here before the training process builds
+its own (a crash inside Paddle Inference would otherwise end training).
+"""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ppkd import compat
+
+logger = logging.getLogger('ppkd')
+
+# Largest |compiled − dygraph| allowed, relative to the largest |dygraph| output.
+RELATIVE_TOLERANCE = 1e-4
+
+
+@paddle.jit.not_to_static
+def _begin(recorder):
+    recorder.clear()
+
+
+@paddle.jit.not_to_static
+def _collected(recorder):
+    return [out for name in recorder.names for out in recorder.outputs.get(name, [])]
+
+
+class _FeatureProgram(nn.Layer):
+    """What is compiled: image → the recorded outputs, flat, name by name
+    and call by call. (A layer rather than a closure: Paddle 2.6's
+    translator loses closure variables; the teacher is its sublayer so that
+    `jit.save` finds the parameters.)"""
+
+    def __init__(self, model, recorder, feature_forward):
+        super().__init__()
+        self.model = model
+        self._parts = (recorder, feature_forward, set(recorder.names))
+
+    def forward(self, image):
+        recorder, feature_forward, wanted = self._parts
+        _begin(recorder)
+        feature_forward(self.model, {'image': image}, {}, wanted)
+        return _collected(recorder)
+
+
+def _layout(recorder):
+    return [(name, len(recorder.outputs.get(name, []))) for name in recorder.names]
+
+
+def _nest(layout, flat):
+    outputs, i = {}, 0
+    for name, count in layout:
+        outputs[name] = list(flat[i:i + count])
+        i += count
+    return outputs
+
+
+class _Compiled:
+    layout = ()  # [(recorded name, number of calls)], set once checked
+
+    def record(self, image):
+        """What the teacher's recorder would hold after a forward on `image`."""
+        return _nest(self.layout, self(image))
+
+
+class StaticTeacher(_Compiled):
+    """The feature program traced by `paddle.jit.to_static` (full graph);
+    the recorder's hooks fire while tracing, so what they collect becomes
+    the program's outputs."""
+
+    engine = 'to_static'
+
+    def __init__(self, program):
+        self._program = paddle.jit.to_static(program, full_graph=True)
+
+    def __call__(self, image):
+        return self._program(image)
+
+
+def predictor_config(prefix, device, threads, input_shape, tensorrt_max_size=0, legacy_ir=True):
+    """A Paddle Inference config for the exported teacher at `prefix`:
+    oneDNN on CPU with `threads` threads, or the GPU (`device` 'gpu:N'),
+    with TensorRT (float32, input sides up to `tensorrt_max_size`) if that
+    is set. `input_shape` is a typical batch's image shape."""
+    from paddle import inference
+    # `jit.save` writes a legacy `.pdmodel`, or a PIR `.json` on Paddle 3.
+    program = prefix + '.pdmodel' if os.path.exists(prefix + '.pdmodel') else prefix + '.json'
+    config = inference.Config(program, prefix + '.pdiparams')
+    if legacy_ir:
+        config.enable_new_ir(False)
+    config.disable_glog_info()
+    if device.startswith('gpu'):
+        config.enable_use_gpu(256, int(device.split(':')[1]) if ':' in device else 0)
+        if tensorrt_max_size:
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=input_shape[0],
+                                          min_subgraph_size=3, precision_mode=inference.PrecisionType.Float32,
+                                          use_static=False, use_calib_mode=False)
+            # Multi-scale training changes the input size from batch to batch.
+            batch, channels = input_shape[:2]
+            config.set_trt_dynamic_shape_info({'image': [1, channels, 32, 32]},
+                                              {'image': [batch, channels, tensorrt_max_size, tensorrt_max_size]},
+                                              {'image': list(input_shape)})
+    else:
+        config.disable_gpu()
+        config.enable_mkldnn()
+        config.set_cpu_math_library_num_threads(threads)
+    return config
+
+
+def _run_predictor(predictor, image):
+    """image (a paddle Tensor, on the predictor's device) → output Tensors.
+    Through the input/output handles: `predictor.run([tensor])` returns
+    wrong values with the legacy passes on Paddle 3.3.1 and crashes on
+    2.6.2."""
+    predictor.get_input_handle(predictor.get_input_names()[0]).share_external_data(image)
+    predictor.run()
+    return [paddle.to_tensor(predictor.get_output_handle(n).copy_to_cpu(), place=image.place)
+            for n in predictor.get_output_names()]
+
+
+class InferenceTeacher(_Compiled):
+    """The feature program exported (`paddle.jit.save`) and run by a Paddle
+    Inference predictor. The exported files live only until the predictor
+    has read them."""
+
+    engine = 'inference'
+
+    def __init__(self, program, image, tensorrt_max_size=0, legacy_ir=None):
+        if legacy_ir is None:
+            legacy_ir = compat.inference_needs_legacy_ir()
+        device = paddle.get_device()
+        self._threads = int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count() or 1)
+        settings = dict(device=device, threads=self._threads, tensorrt_max_size=tensorrt_max_size, legacy_ir=legacy_ir)
+        workdir = tempfile.mkdtemp(prefix='ppkd-teacher-')
+        try:
+            prefix = os.path.join(workdir, 'teacher')
+            spec = [paddle.static.InputSpec([None, image.shape[1], None, None], image.dtype, 'image')]
+            with compat.legacy_ir_export(legacy_ir):
+                paddle.jit.save(paddle.jit.to_static(program, full_graph=True), prefix, input_spec=spec)
+            _probe(prefix, image, settings)
+            from paddle import inference
+            self._predictor = inference.create_predictor(predictor_config(prefix, input_shape=image.shape, **settings))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if device.startswith('gpu'):
+            kind = 'TensorRT' if tensorrt_max_size else 'GPU kernels'
+        else:
+            kind = f'oneDNN, {self._threads} threads'
+        logger.info('teacher: Paddle Inference on %s (%s)', device, kind)
+
+    def __call__(self, image):
+        outputs = _run_predictor(self._predictor, image)
+        if not image.place.is_gpu_place():
+            # A predictor's run ends by setting the CPU math library to one
+            # thread (so as not to compete in a serving process): give the
+            # student's dygraph ops their threads back.
+            paddle.base.core.set_num_threads(self._threads)
+        return outputs
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def _probe(prefix, image, settings):
+    """Build and run a predictor on the exported teacher in a child process;
+    `CompileError` with the child's last words if it fails or crashes."""
+    np.save(prefix + '.input.npy', image.numpy())
+    device, threads, tensorrt_max_size, legacy_ir = (settings[k] for k in (
+        'device', 'threads', 'tensorrt_max_size', 'legacy_ir'))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get('PYTHONPATH', '')]))
+    cmd = [sys.executable, '-m', 'ppkd.compiled_teacher', prefix, device, str(threads), str(tensorrt_max_size),
+           str(int(legacy_ir))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        why = 'killed by signal %d' % -proc.returncode if proc.returncode < 0 else 'exit %d' % proc.returncode
+        raise CompileError('the predictor failed in a probe process (%s)%s' % (why, ': ' + lines[-1] if lines else ''))
+
+
+def _max_relative_difference(compiled, reference):
+    scale = max(float(np.abs(r).max()) for r in reference) or 1.0
+    return max(float(np.abs(c - r).max()) for c, r in zip(compiled, reference)) / scale
+
+
+def compile_teacher(model, recorder, feature_forward, inputs, engine, tensorrt_max_size=0):
+    """The teacher's feature forward compiled by `engine` ('to_static' or
+    'inference'), checked on `inputs` against the dygraph teacher; returns
+    the compiled teacher or None after a warning saying why not."""
+    image = inputs['image']
+    with paddle.no_grad():
+        recorder.clear()
+        feature_forward(model, {'image': image}, {}, set(recorder.names))
+        layout = _layout(recorder)
+        reference = [o.numpy() for name, _ in layout for o in recorder.outputs[name]]
+        recorder.clear()
+        program = _FeatureProgram(model, recorder, feature_forward)
+        program.eval()  # the traced program is the inference one
+        try:
+            compiled = StaticTeacher(program) if engine == 'to_static' else                 InferenceTeacher(program, image, tensorrt_max_size)
+            outputs = [o.numpy() for o in compiled(image)]
+        except Exception as e:  # noqa: BLE001  any failure to compile: fall back, say so
+            message = str(e).strip().splitlines()[-1] if str(e).strip() else ''
+            logger.warning('teacher: %s failed (%s: %s); running it in dygraph', engine, type(e).__name__, message)
+            return None
+        finally:
+            recorder.clear()
+    if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
+        logger.warning('teacher: %s returned outputs of other shapes than dygraph; running it in dygraph', engine)
+        return None
+    difference = _max_relative_difference(outputs, reference)
+    if difference > RELATIVE_TOLERANCE:
+        logger.warning('teacher: %s outputs differ from dygraph by %.2g (relative); running it in dygraph',
+                       engine, difference)
+        return None
+    logger.info('teacher: compiled by %s, outputs within %.1g of dygraph (relative)', engine, difference)
+    compiled.layout = layout
+    return compiled
+
+
+def _main(prefix, device, threads, tensorrt_max_size, legacy_ir):
+    from paddle import inference
+    paddle.set_device(device)
+    image = paddle.to_tensor(np.load(prefix + '.input.npy'))
+    predictor = inference.create_predictor(predictor_config(
+        prefix, device, int(threads), image.shape, int(tensorrt_max_size), legacy_ir=bool(int(legacy_ir))))
+    for out in _run_predictor(predictor, image):
+        if not np.isfinite(out.numpy()).all():
+            sys.exit('non-finite teacher output')
+
+
+if __name__ == '__main__':
+    _main(*sys.argv[1:])
