@@ -3,16 +3,20 @@ own DistillModel with the same loss, and the teacher's forward alone, each
 in its own process (so each has its own peak RSS), on the same batches.
 
     .venv/bin/python bench/step_time.py [--distill_config configs/bccd/distill_fine_grained.yml]
-        [--teacher configs/bccd/teacher_yolov3_r34.yml] [--input_size 320] [--batch_size 2]
-        [--steps 20] [--warmup 3] [--json] [--save NAME]
+        [--teacher configs/bccd/teacher_yolov3_r34.yml] [--teacher_weights W] [--input_size 320]
+        [--batch_size 2] [--steps 20] [--warmup 3] [--repeat 1] [--modes ...] [--json] [--save NAME]
 
 Steps are timed on batches loaded beforehand (median over `--steps` after
 `--warmup`): forward, backward, optimizer update, as ppkd's trainer does
-them. The data loader is timed apart, batches per second with `--workers`
-processes, to show whether it keeps up with the step. Without
-`--teacher_weights` the teacher has random weights whose BatchNorm
-statistics are first calibrated on the data (timing does not depend on the
-weights' values, but unnormalised activations would overflow).
+them. ppkd's step is timed with the teacher as configured (by default on
+Paddle Inference) and in its other forms (dygraph, BatchNorm folded,
+to_static). The data loader is timed apart, batches per second with
+`--workers` processes, with and without shared memory, to show whether it
+keeps up with the step. `--repeat N` runs every mode N times, interleaved,
+and reports each run. Without `--teacher_weights` the teacher has random
+weights whose BatchNorm statistics are first calibrated on the data
+(timing does not depend on the weights' values, but unnormalised
+activations would overflow).
 """
 import argparse
 import contextlib
@@ -49,10 +53,12 @@ MODES = {
     'teacher': 'teacher forward alone (d)',
     'teacher_dygraph': 'dygraph teacher forward alone',
     'loader': 'data loader',
+    'loader_shared_memory': 'data loader, shared memory',
 }
-# How each ppkd mode sets the teacher up ('ppkd': as configured, by default
-# compiled for Paddle Inference where the architecture allows).
-TEACHER_OPTS = {
+# Config overrides per mode. ppkd's teacher: 'ppkd' runs it as configured
+# (by default on Paddle Inference where the architecture allows).
+MODE_OPTS = {
+    'loader_shared_memory': ['TrainReader.use_shared_memory=true'],
     'ppkd': [], 'teacher': [],
     'ppkd_dygraph': ['distill.compile_teacher=dygraph'], 'teacher_dygraph': ['distill.compile_teacher=dygraph'],
     'ppkd_folded': ['distill.compile_teacher=dygraph', 'distill.fold_teacher_bn=true'],
@@ -66,7 +72,7 @@ def _cfgs(args, mode=None):
     # The generated fallback set has its own class count: both configs follow it.
     data = [f'dataset_dir={args.lists}'] + ([f'num_classes={args.num_classes}'] if args.num_classes else [])
     opts = [*data, f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
-            f'worker_num={args.workers}', *TEACHER_OPTS.get(mode, []), *args.opt]
+            f'worker_num={args.workers}', *MODE_OPTS.get(mode, []), *args.opt]
     return cfgmod.load_config(args.distill_config, opts), cfgmod.load_config(args.teacher, data)
 
 
@@ -139,7 +145,7 @@ def measure(mode, args):
     amp = amp_available(student_cfg) if args.amp else False  # as the trainer decides it
     n = args.warmup + args.steps
     result = {'mode': mode}
-    if mode == 'loader':
+    if mode.startswith('loader'):
         reader = build_reader(student_cfg, 'Train')
         tic, times = time.perf_counter(), []
         for epoch in range(100):
@@ -213,30 +219,50 @@ def _lists(args):
     return lists, 4
 
 
+def _summary(runs):
+    """One mode's repeated runs: the median of their medians, each run's
+    median kept."""
+    summary = dict(runs[-1])
+    summary.update(median_s=statistics.median(r['median_s'] for r in runs),
+                   mean_s=statistics.fmean(r['mean_s'] for r in runs),
+                   peak_rss_mb=max(r['peak_rss_mb'] for r in runs),
+                   run_medians_s=[r['median_s'] for r in runs])
+    return summary
+
+
+# (numerator, denominator, what the ratio says)
+RATIOS = [('ppkd', 'student', '(b)/(a) ppkd distill / student'),
+          ('ppkd', 'ppdet', '(b)/(c) ppkd / ppdet DistillModel'),
+          ('ppdet', 'student', '(c)/(a) ppdet DistillModel / student'),
+          ('teacher', 'student', '(d)/(a) teacher forward / student step'),
+          ('loader', 'ppkd', 'loader batch / ppkd step (below 1: the loader keeps up)')]
+
+
 def table(results, args):
     by = {r['mode']: r for r in results}
-    lines = ['| run | median step (s) | mean (s) | steps | cores busy | peak RSS (MB) | teacher runs as | '
-             'teacher BatchNorms left |', '|---|---|---|---|---|---|---|---|']
+    repeated = args.repeat > 1
+    lines = ['| run | median step (s) |%s mean (s) | steps | cores busy | peak RSS (MB) | teacher runs as | '
+             'teacher BatchNorms left |' % (' each run |' if repeated else ''),
+             '|---|---|%s---|---|---|---|---|---|' % ('---|' if repeated else '')]
     for r in results:
-        lines.append('| %s | %.3f | %.3f | %d | %s | %.0f | %s | %s |' % (
-            MODES[r['mode']], r['median_s'], r['mean_s'], r['steps'],
+        each = ' %s |' % ', '.join('%.3f' % m for m in r['run_medians_s']) if repeated else ''
+        lines.append('| %s | %.3f |%s %.3f | %d | %s | %.0f | %s | %s |' % (
+            MODES[r['mode']], r['median_s'], each, r['mean_s'], r['steps'],
             '%.2f' % r['cores_busy'] if r.get('cores_busy') else '', r['peak_rss_mb'],
             r.get('teacher_engine', ''), r.get('teacher_batch_norms', '')))
     ratios = []
-    if 'ppkd' in by and 'student' in by:
-        ratios.append('(b)/(a) ppkd distill / student: %.2f' % (by['ppkd']['median_s'] / by['student']['median_s']))
-    if 'ppkd' in by and 'ppdet' in by:
-        ratios.append('(b)/(c) ppkd / ppdet DistillModel: %.2f' % (by['ppkd']['median_s'] / by['ppdet']['median_s']))
-    if 'ppdet' in by and 'student' in by:
-        ratios.append('(c)/(a) ppdet DistillModel / student: %.2f' % (by['ppdet']['median_s'] / by['student']['median_s']))
-    if 'teacher' in by and 'student' in by:
-        ratios.append('(d)/(a) teacher forward / student step: %.2f' % (by['teacher']['median_s'] / by['student']['median_s']))
-    if 'loader' in by and 'ppkd' in by:
-        ratios.append('loader batch / ppkd step: %.2f (below 1: the loader keeps up)' % (
-            by['loader']['median_s'] / by['ppkd']['median_s']))
+    for top, bottom, what in RATIOS:
+        if top in by and bottom in by:
+            ratio = '%s: %.2f' % (what, by[top]['median_s'] / by[bottom]['median_s'])
+            if repeated:  # the same ratio within each round of runs
+                ratio += ' (each run: %s)' % ', '.join('%.2f' % (t / b) for t, b in zip(
+                    by[top]['run_medians_s'], by[bottom]['run_medians_s']))
+            ratios.append(ratio)
     setting = (f'{os.path.relpath(args.distill_config, ROOT)} with teacher {os.path.relpath(args.teacher, ROOT)}, '
                f'{args.input_size} px, batch {args.batch_size}, {os.environ.get("OMP_NUM_THREADS")} CPU threads, '
                f'paddle {paddle.__version__}, loader workers {args.workers}' + (', AMP' if args.amp else '')
+               + (f', {args.steps} steps after {args.warmup} warm-up, each mode run {args.repeat} times interleaved'
+                  if repeated else f', {args.steps} steps after {args.warmup} warm-up')
                + (f', teacher weights {args.weights_given}' if args.weights_given else
                   ', random teacher weights with data-calibrated BatchNorm statistics'))
     return '\n'.join(lines + [''] + [f'- {r}' for r in ratios] + ['', setting]) + '\n'
@@ -252,6 +278,7 @@ def main():
     p.add_argument('--batch_size', type=int, default=2)
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeat', type=int, default=1, help='run the modes this many times, interleaved')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--amp', action='store_true', help='mixed precision (GPU only)')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
@@ -283,14 +310,16 @@ def main():
                        '--tmp', tmp, '--lists', args.lists, '--num_classes', str(args.num_classes or 0)] + \
                       (['--amp'] if args.amp else []) + \
                       (['-o', *args.opt] if args.opt else [])
-        results = []
-        for mode in modes:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', mode, *passthrough],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f'error: mode {mode} failed:\n{out.stderr[-3000:]}')
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f'{MODES[mode]}: median {results[-1]["median_s"]:.3f} s', file=sys.stderr, flush=True)
+        runs = {mode: [] for mode in modes}
+        for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every mode
+            for mode in modes:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', mode, *passthrough],
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f'error: mode {mode} failed:\n{out.stderr[-3000:]}')
+                runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f'{MODES[mode]}: median {runs[mode][-1]["median_s"]:.3f} s', file=sys.stderr, flush=True)
+    results = [_summary(mode_runs) for mode_runs in runs.values()]
     text = table(results, args)
     settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights', 'num_classes', 'weights_given')}
     settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__,

@@ -21,6 +21,9 @@ class Distiller(nn.Layer):
     The teacher stays in eval mode whatever `train()` is called on this
     layer, and none of its parameters is trainable; `trainable_parameters()`
     are the student's and the losses' own (adapters).
+
+    `compile_teacher`: 'auto', 'inference', 'to_static' or None (dygraph),
+    as `distill.compile_teacher` (see `ppkd.compiled_teacher`).
     """
 
     def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
