@@ -58,6 +58,7 @@ MODES = {
 # Config overrides per mode. ppkd's teacher: 'ppkd' runs it as configured
 # (by default on Paddle Inference where the architecture allows).
 MODE_OPTS = {
+    'loader': ['TrainReader.use_shared_memory=false'],
     'loader_shared_memory': ['TrainReader.use_shared_memory=true'],
     'ppkd': [], 'teacher': [],
     'ppkd_dygraph': ['distill.compile_teacher=dygraph'], 'teacher_dygraph': ['distill.compile_teacher=dygraph'],
