@@ -7,7 +7,6 @@ import paddle
 from ppkd.errors import PPKDError
 
 
-
 def _weights_path(path):
     if os.path.isfile(path):
         return path

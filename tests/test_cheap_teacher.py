@@ -107,6 +107,23 @@ def _inference_teacher(tiny_voc, tiny_teacher, **kwargs):
         return compiling.InferenceTeacher(program, image, **kwargs), image
 
 
+def test_inference_teacher_takes_other_batch_and_input_sizes(tiny_voc, tiny_teacher):
+    """Multi-scale training changes the input size from batch to batch."""
+    student_cfg, teacher_cfg = _yolov3_cfgs(tiny_voc)
+    model = _prepared(student_cfg, teacher_cfg, tiny_teacher[1], next(epoch_batches(build_reader(student_cfg, 'Train'))))
+    assert model.compiled_teacher.engine == 'inference'
+    image = paddle.rand([3, 3, 96, 96])
+    recorded = model.compiled_teacher.record(image)
+    with paddle.no_grad():
+        model.teacher_recorder.clear()
+        FEATURE_FORWARDS['YOLOv3'](model.teacher, {'image': image}, {}, set(model.teacher_recorder.names))
+    for name in model.teacher_recorder.names:
+        for got, expected in zip(recorded[name], model.teacher_recorder.outputs[name], strict=True):
+            assert got.shape == expected.shape and got.shape[0] == 3
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3,
+                                       atol=1e-4 * float(np.abs(expected.numpy()).max()))
+
+
 @pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so')),
                     reason='Paddle built without Intel OpenMP')
 def test_inference_teacher_gives_the_student_its_threads_back(tiny_voc, tiny_teacher):
