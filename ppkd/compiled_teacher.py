@@ -1,7 +1,10 @@
-"""The teacher's feature forward compiled: traced with `paddle.jit.to_static`
-('to_static'), or exported and run by Paddle Inference ('inference': oneDNN
-on CPU, the GPU with optional TensorRT). Either returns, for one image
-batch, what the teacher's recorder would have recorded; either is checked
+"""The teacher's image part (`ppkd.teacher.TEACHER_FORWARDS`: everything
+the losses read that depends on the image alone) compiled: traced with
+`paddle.jit.to_static` ('to_static'), or exported and run by Paddle
+Inference ('inference': oneDNN on CPU, the GPU with optional TensorRT).
+Either returns, for one image batch, what the teacher's recorder would have
+recorded and the features the teacher's second part (e.g. Faster R-CNN's
+RoI head on the student's RoIs, in dygraph) reads; either is checked
 against the plain dygraph teacher on a real batch before it is used, and
 anything that fails — tracing, export, a predictor that crashes, outputs
 that differ — leaves the dygraph teacher in place with a warning.
@@ -41,42 +44,65 @@ def _collected(recorder):
     return [out for name in recorder.names for out in recorder.outputs.get(name, [])]
 
 
+@paddle.jit.not_to_static
+def _unique(tensors):
+    """Each tensor once (a saved program returns a variable once, however
+    often it is listed — e.g. a recorded FPN level that is also a feature),
+    and where each listed one is among them."""
+    unique, index = [], []
+    for t in tensors:
+        at = next((i for i, u in enumerate(unique) if u is t), None)
+        if at is None:
+            at = len(unique)
+            unique.append(t)
+        index.append(at)
+    return unique, index
+
+
 class _FeatureProgram(nn.Layer):
     """What is compiled: image → the recorded outputs, flat, name by name
-    and call by call. (A layer rather than a closure: Paddle 2.6's
-    translator loses closure variables; the teacher is its sublayer so that
-    `jit.save` finds the parameters.)"""
+    and call by call, then the features the teacher's second part reads.
+    (A layer rather than a closure: Paddle 2.6's translator loses closure
+    variables; the teacher is its sublayer so that `jit.save` finds the
+    parameters.)"""
 
-    def __init__(self, model, recorder, feature_forward):
+    def __init__(self, model, recorder, image_part):
         super().__init__()
         self.model = model
-        self._parts = (recorder, feature_forward, set(recorder.names))
+        self._parts = (recorder, image_part, set(recorder.names))
+
+    output_index = ()  # listed output i is returned output output_index[i]; set while tracing
 
     def forward(self, image):
-        recorder, feature_forward, wanted = self._parts
+        recorder, image_part, wanted = self._parts
         _begin(recorder)
-        feature_forward(self.model, {'image': image}, {}, wanted)
-        return _collected(recorder)
+        feats = image_part(self.model, {'image': image}, wanted)
+        unique, self.output_index = _unique(_collected(recorder) + list(feats))
+        return unique
 
 
 def _layout(recorder):
     return [(name, len(recorder.outputs.get(name, []))) for name in recorder.names]
 
 
-def _nest(layout, flat):
-    outputs, i = {}, 0
-    for name, count in layout:
-        outputs[name] = list(flat[i:i + count])
-        i += count
-    return outputs
-
-
 class _Compiled:
     layout = ()  # [(recorded name, number of calls)], set once checked
+    output_index = ()  # as _FeatureProgram's
+
+    def listed(self, image):
+        """The recorded outputs, flat, then the features."""
+        unique = self(image)
+        return [unique[i] for i in self.output_index]
 
     def record(self, image):
-        """What the teacher's recorder would hold after a forward on `image`."""
-        return _nest(self.layout, self(image))
+        """What the teacher's recorder would hold after its image part on
+        `image`, and the features its second part reads."""
+        flat = self.listed(image)
+        outputs, i = {}, 0
+        for name, count in self.layout:
+            outputs[name] = list(flat[i:i + count])
+            i += count
+        return outputs, list(flat[i:])
 
 
 class StaticTeacher(_Compiled):
@@ -200,22 +226,25 @@ def _max_relative_difference(compiled, reference):
     return max(float(np.abs(c - r).max()) for c, r in zip(compiled, reference)) / scale
 
 
-def compile_teacher(model, recorder, feature_forward, inputs, engine, tensorrt_max_size=0):
-    """The teacher's feature forward compiled by `engine` ('to_static' or
-    'inference'), checked on `inputs` against the dygraph teacher; returns
-    the compiled teacher or None after a warning saying why not."""
+def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_size=0):
+    """The teacher's image part (`ppkd.teacher.TEACHER_FORWARDS`) compiled
+    by `engine` ('to_static' or 'inference'), checked on `inputs` against
+    the dygraph teacher; returns the compiled teacher or None after a
+    warning saying why not."""
     image = inputs['image']
     with paddle.no_grad():
         recorder.clear()
-        feature_forward(model, {'image': image}, {}, set(recorder.names))
+        feats = image_part(model, {'image': image}, set(recorder.names))
         layout = _layout(recorder)
-        reference = [o.numpy() for name, _ in layout for o in recorder.outputs[name]]
+        reference = [o.numpy() for o in _collected(recorder)] + [f.numpy() for f in feats]
         recorder.clear()
-        program = _FeatureProgram(model, recorder, feature_forward)
+        program = _FeatureProgram(model, recorder, image_part)
         program.eval()  # the traced program is the inference one
         try:
             compiled = StaticTeacher(program) if engine == 'to_static' else                 InferenceTeacher(program, image, tensorrt_max_size)
-            outputs = [o.numpy() for o in compiled(image)]
+            unique = compiled(image)  # traces the program if it has not been yet
+            compiled.output_index = program.output_index
+            outputs = [unique[i].numpy() for i in compiled.output_index]
         except Exception as e:  # noqa: BLE001  any failure to compile: fall back, say so
             message = str(e).strip().splitlines()[-1] if str(e).strip() else ''
             logger.warning('teacher: %s failed (%s: %s); running it in dygraph', engine, type(e).__name__, message)

@@ -8,7 +8,7 @@ import paddle.nn as nn
 from ppkd.compiled_teacher import compile_teacher
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
-from ppkd.teacher import COMPILABLE, FEATURE_FORWARDS, freeze, run_for_features
+from ppkd.teacher import TEACHER_FORWARDS, freeze, run_for_features
 
 logger = logging.getLogger('ppkd')
 
@@ -64,13 +64,12 @@ class Distiller(nn.Layer):
         arch = type(self.teacher).__name__
         if in_program:
             logger.info('teacher: compiled with the student in one program')
-        elif arch not in COMPILABLE:
-            # Its forward reads the student's outputs of the same step.
+        elif arch not in TEACHER_FORWARDS:
             (logger.info if engine == 'auto' else logger.warning)(
-                'teacher: a %s teacher depends on the student\'s outputs; running it in dygraph', arch)
+                'teacher: no feature forward known for %s; running its whole forward in dygraph', arch)
         else:
             self.compiled_teacher = compile_teacher(
-                self.teacher, self.teacher_recorder, FEATURE_FORWARDS[arch], inputs,
+                self.teacher, self.teacher_recorder, TEACHER_FORWARDS[arch][0], inputs,
                 'inference' if engine == 'auto' else engine, self._tensorrt_max_size)
 
     def _fold_teacher(self, inputs):
@@ -101,15 +100,21 @@ class Distiller(nn.Layer):
 
     def run_teacher(self, inputs):
         """The teacher's part of a step: its recorder filled for `inputs`."""
+        names = set(self.teacher_recorder.names)
         if self.compiled_teacher is not None:
             try:
-                self.teacher_recorder.outputs = self.compiled_teacher.record(inputs['image'])
-                return
+                outputs, feats = self.compiled_teacher.record(inputs['image'])
             except Exception as e:  # noqa: BLE001  e.g. an input the compiled form refuses: fall back, say so
                 logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
                                str(e).strip().splitlines()[-1] if str(e).strip() else '')
                 self.compiled_teacher = None
-        run_for_features(self.teacher, inputs, self.student_recorder.outputs, set(self.teacher_recorder.names))
+            else:
+                self.teacher_recorder.outputs = outputs
+                rest = TEACHER_FORWARDS[type(self.teacher).__name__][1]
+                if rest is not None:  # in dygraph: it reads the student's outputs of this step
+                    rest(self.teacher, feats, inputs, self.student_recorder.outputs, names)
+                return
+        run_for_features(self.teacher, inputs, self.student_recorder.outputs, names)
 
     def forward(self, inputs):
         if not self.training:

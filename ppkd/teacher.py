@@ -52,15 +52,15 @@ def freeze(model):
     return model
 
 
-def _yolov3_head_maps(model, inputs, student_outputs, names):
-    return model.yolo_head(model.neck(model.backbone(inputs)))
+def _yolov3_head_maps(model, inputs, names):
+    model.yolo_head(model.neck(model.backbone(inputs)))
+    return []
 
 
-def _faster_rcnn_parts(model, inputs, student_outputs, names):
-    """Backbone and neck; the RPN's score and delta convolutions (not its
-    proposals) if an `rpn_head.` output is recorded; the RoI head on the
-    STUDENT's sampled RoIs if a `bbox_head.` output is, so that teacher and
-    student R-CNN outputs describe the same boxes."""
+def _faster_rcnn_features(model, inputs, names):
+    """Backbone and neck, and the RPN's score and delta convolutions (not
+    its proposals) if an `rpn_head.` output is recorded; returns the
+    features the RoI head reads."""
     feats = model.backbone(inputs)
     if model.neck is not None:
         feats = model.neck(feats)
@@ -69,33 +69,46 @@ def _faster_rcnn_parts(model, inputs, student_outputs, names):
         for level in rpn.rpn_feat(feats):
             rpn.rpn_rois_score(level)
             rpn.rpn_rois_delta(level)
-    if any(n.startswith('bbox_head.') for n in names):
-        if STUDENT_ROIS in student_outputs:
-            rois, rois_num, _ = student_outputs[STUDENT_ROIS][-1]
-        else:  # a probe pass without the student (BatchNorm folding): the true boxes as RoIs
-            rois = list(inputs['gt_bbox'])
-            rois_num = paddle.to_tensor([len(r) for r in rois], dtype='int32')
-        model.bbox_head(feats, rois, rois_num, None)
+    return list(feats)
+
+
+def _faster_rcnn_roi_head(model, feats, inputs, student_outputs, names):
+    """The RoI head on the STUDENT's sampled RoIs if a `bbox_head.` output
+    is recorded, so that teacher and student R-CNN outputs describe the
+    same boxes."""
+    if not any(n.startswith('bbox_head.') for n in names):
+        return
+    if STUDENT_ROIS in student_outputs:
+        rois, rois_num, _ = student_outputs[STUDENT_ROIS][-1]
+    else:  # a probe pass without the student (BatchNorm folding): the true boxes as RoIs
+        rois = list(inputs['gt_bbox'])
+        rois_num = paddle.to_tensor([len(r) for r in rois], dtype='int32')
+    model.bbox_head(feats, rois, rois_num, None)
 
 
 # The student's record of its sampled RoIs (with their targets) that the
 # Faster R-CNN teacher's RoI head runs on.
 STUDENT_ROIS = 'bbox_head.bbox_assigner'
 
-# Per architecture, the teacher's forward up to the last layer a loss reads:
-# no loss computation, no decoding, no NMS. Others run their whole forward.
-FEATURE_FORWARDS = {'YOLOv3': _yolov3_head_maps, 'FasterRCNN': _faster_rcnn_parts}
-
-
-# Architectures whose feature forward is a function of the image alone (not
-# of the student's outputs), so it can be compiled on its own.
-COMPILABLE = {'YOLOv3'}
+# Per architecture, the teacher's forward up to the last layer a loss reads
+# (no loss computation, no decoding, no NMS), in two parts: the image part,
+# (model, inputs, names) → the features the second part reads, a function of
+# the image alone and so compilable; and the part that also reads the
+# student's outputs of the step, (model, features, inputs, student_outputs,
+# names), or None. Other architectures run their whole forward.
+TEACHER_FORWARDS = {
+    'YOLOv3': (_yolov3_head_maps, None),
+    'FasterRCNN': (_faster_rcnn_features, _faster_rcnn_roi_head),
+}
 
 
 def run_for_features(model, inputs, student_outputs=None, names=()):
     """Run the frozen teacher so its recorders (on `names`) fire, as cheaply
     as known; `student_outputs` are the student's records of this step."""
-    forward = FEATURE_FORWARDS.get(type(model).__name__)
-    if forward is None:
+    forwards = TEACHER_FORWARDS.get(type(model).__name__)
+    if forwards is None:
         return model(inputs)
-    return forward(model, inputs, student_outputs or {}, names)
+    image_part, rest = forwards
+    feats = image_part(model, inputs, names)
+    if rest is not None:
+        rest(model, feats, inputs, student_outputs or {}, names)

@@ -19,7 +19,8 @@ from ppkd.data.loader import build_reader, epoch_batches
 from ppkd.engine.trainer import seed_everything
 from ppkd.errors import PPKDError
 from ppkd.folding import fold_batch_norms
-from ppkd.teacher import FEATURE_FORWARDS
+from ppkd import teacher as teachermod
+from ppkd.teacher import TEACHER_FORWARDS
 
 from conftest import CONFIGS, FRCNN_TINY, tiny_opts
 
@@ -81,14 +82,20 @@ def test_inference_is_the_default_for_yolov3(tiny_voc, tiny_teacher):
     assert model.compiled_teacher.engine == 'inference'
 
 
-def test_folded_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher):
-    plain_cfgs = _frcnn_cfgs(tiny_voc)
+@pytest.mark.parametrize('fold,engine', [(True, 'dygraph'), (False, 'inference')], ids=['folded', 'inference'])
+def test_cheap_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher, fold, engine):
+    """The image part (backbone, FPN, RPN convolutions) compiled, the RoI
+    head in dygraph on the student's RoIs."""
+    plain_cfgs = _frcnn_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
     batch = next(epoch_batches(build_reader(plain_cfgs[0], 'Train')))
     plain = _prepared(*plain_cfgs, frcnn_teacher, batch)
-    folded = _prepared(*_frcnn_cfgs(tiny_voc, 'distill.fold_teacher_bn=true'), frcnn_teacher, batch)
-    assert _batch_norms(plain) > 0 and _batch_norms(folded) == 0
-    expected, got = _losses(plain, batch), _losses(folded, batch)
-    assert expected.keys() == got.keys() and expected
+    cheap = _prepared(*_frcnn_cfgs(tiny_voc, f'distill.compile_teacher={engine}', f'distill.fold_teacher_bn={fold}'),
+                      frcnn_teacher, batch)
+    assert _batch_norms(plain) > 0 and (_batch_norms(cheap) == 0) == fold
+    if engine != 'dygraph':
+        assert cheap.compiled_teacher is not None and cheap.compiled_teacher.engine == engine
+    expected, got = _losses(plain, batch), _losses(cheap, batch)
+    assert expected.keys() == got.keys() and {'distill_rcnn_soft', 'distill_rpn_soft'} <= set(expected)
     for k in expected:
         assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), k
 
@@ -101,7 +108,7 @@ def _inference_teacher(tiny_voc, tiny_teacher, **kwargs):
     student_cfg, teacher_cfg = _yolov3_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
     model = _prepared(student_cfg, teacher_cfg, tiny_teacher[1], None)
     image = next(epoch_batches(build_reader(student_cfg, 'Train')))['image']
-    program = compiling._FeatureProgram(model.teacher, model.teacher_recorder, FEATURE_FORWARDS['YOLOv3'])
+    program = compiling._FeatureProgram(model.teacher, model.teacher_recorder, TEACHER_FORWARDS['YOLOv3'][0])
     program.eval()
     with paddle.no_grad():
         return compiling.InferenceTeacher(program, image, **kwargs), image
@@ -113,10 +120,10 @@ def test_inference_teacher_takes_other_batch_and_input_sizes(tiny_voc, tiny_teac
     model = _prepared(student_cfg, teacher_cfg, tiny_teacher[1], next(epoch_batches(build_reader(student_cfg, 'Train'))))
     assert model.compiled_teacher.engine == 'inference'
     image = paddle.rand([3, 3, 96, 96])
-    recorded = model.compiled_teacher.record(image)
+    recorded, _ = model.compiled_teacher.record(image)
     with paddle.no_grad():
         model.teacher_recorder.clear()
-        FEATURE_FORWARDS['YOLOv3'](model.teacher, {'image': image}, {}, set(model.teacher_recorder.names))
+        TEACHER_FORWARDS['YOLOv3'][0](model.teacher, {'image': image}, set(model.teacher_recorder.names))
     for name in model.teacher_recorder.names:
         for got, expected in zip(recorded[name], model.teacher_recorder.outputs[name], strict=True):
             assert got.shape == expected.shape and got.shape[0] == 3
@@ -208,12 +215,14 @@ def test_fold_matches_conv_bn():
 
 
 @pytest.mark.parametrize('engine,level', [('inference', logging.WARNING), ('auto', logging.INFO)])
-def test_faster_rcnn_teacher_is_not_compiled_and_says_so(tiny_voc, frcnn_teacher, caplog, engine, level):
-    student_cfg, teacher_cfg = _frcnn_cfgs(tiny_voc, f'distill.compile_teacher={engine}')
-    batch = next(epoch_batches(build_reader(student_cfg, 'Train')))
+def test_teacher_without_a_feature_forward_is_not_compiled_and_says_so(tiny_voc, tiny_teacher, monkeypatch, caplog,
+                                                                       engine, level):
+    monkeypatch.delitem(teachermod.TEACHER_FORWARDS, 'YOLOv3')
+    cfgs = _yolov3_cfgs(tiny_voc, f'distill.compile_teacher={engine}')
+    batch = next(epoch_batches(build_reader(cfgs[0], 'Train')))
     with caplog.at_level(logging.INFO, logger='ppkd'):
-        model = _prepared(student_cfg, teacher_cfg, frcnn_teacher, batch)
+        model = _prepared(*cfgs, tiny_teacher[1], batch)
     assert model.compiled_teacher is None
-    said = [r for r in caplog.records if 'depends on the student\'s outputs; running it in dygraph' in r.message]
+    said = [r for r in caplog.records if 'no feature forward known for YOLOv3' in r.message]
     assert [r.levelno for r in said] == [level]
     assert np.isfinite(float(model(batch)['loss']))
