@@ -66,12 +66,12 @@ class _FeatureProgram(nn.Layer):
     variables; the teacher is its sublayer so that `jit.save` finds the
     parameters.)"""
 
+    output_index = ()  # listed output i is returned output output_index[i]; set while tracing
+
     def __init__(self, model, recorder, image_part):
         super().__init__()
         self.model = model
         self._parts = (recorder, image_part, set(recorder.names))
-
-    output_index = ()  # listed output i is returned output output_index[i]; set while tracing
 
     def forward(self, image):
         recorder, image_part, wanted = self._parts
@@ -89,15 +89,11 @@ class _Compiled:
     layout = ()  # [(recorded name, number of calls)], set once checked
     output_index = ()  # as _FeatureProgram's
 
-    def listed(self, image):
-        """The recorded outputs, flat, then the features."""
-        unique = self(image)
-        return [unique[i] for i in self.output_index]
-
     def record(self, image):
         """What the teacher's recorder would hold after its image part on
         `image`, and the features its second part reads."""
-        flat = self.listed(image)
+        unique = self(image)
+        flat = [unique[i] for i in self.output_index]
         outputs, i = {}, 0
         for name, count in self.layout:
             outputs[name] = list(flat[i:i + count])

@@ -35,6 +35,7 @@ class Distiller(nn.Layer):
         self.compiled_teacher = None
         self.student = student
         self.teacher = freeze(teacher)
+        self._teacher_forwards = TEACHER_FORWARDS.get(type(teacher).__name__)
         self.distill_losses = nn.LayerList(losses)
         for loss in losses:
             loss.bind(student, teacher)
@@ -64,12 +65,12 @@ class Distiller(nn.Layer):
         arch = type(self.teacher).__name__
         if in_program:
             logger.info('teacher: compiled with the student in one program')
-        elif arch not in TEACHER_FORWARDS:
+        elif self._teacher_forwards is None:
             (logger.info if engine == 'auto' else logger.warning)(
                 'teacher: no feature forward known for %s; running its whole forward in dygraph', arch)
         else:
             self.compiled_teacher = compile_teacher(
-                self.teacher, self.teacher_recorder, TEACHER_FORWARDS[arch][0], inputs,
+                self.teacher, self.teacher_recorder, self._teacher_forwards[0], inputs,
                 'inference' if engine == 'auto' else engine, self._tensorrt_max_size)
 
     def _fold_teacher(self, inputs):
@@ -77,7 +78,7 @@ class Distiller(nn.Layer):
 
         def teacher_outputs():
             self.teacher_recorder.clear()
-            run_for_features(self.teacher, inputs, {}, set(self.teacher_recorder.names))
+            run_for_features(self.teacher, inputs, {}, set(self.teacher_recorder.names), self._teacher_forwards)
             return dict(self.teacher_recorder.outputs)
 
         folded = fold_batch_norms(self.teacher, teacher_outputs, keep=self.teacher_recorder.names)
@@ -110,11 +111,11 @@ class Distiller(nn.Layer):
                 self.compiled_teacher = None
             else:
                 self.teacher_recorder.outputs = outputs
-                rest = TEACHER_FORWARDS[type(self.teacher).__name__][1]
+                rest = self._teacher_forwards[1]
                 if rest is not None:  # in dygraph: it reads the student's outputs of this step
                     rest(self.teacher, feats, inputs, self.student_recorder.outputs, names)
                 return
-        run_for_features(self.teacher, inputs, self.student_recorder.outputs, names)
+        run_for_features(self.teacher, inputs, self.student_recorder.outputs, names, self._teacher_forwards)
 
     def forward(self, inputs):
         if not self.training:

@@ -102,10 +102,13 @@ TEACHER_FORWARDS = {
 }
 
 
-def run_for_features(model, inputs, student_outputs=None, names=()):
+def run_for_features(model, inputs, student_outputs=None, names=(), forwards=None):
     """Run the frozen teacher so its recorders (on `names`) fire, as cheaply
-    as known; `student_outputs` are the student's records of this step."""
-    forwards = TEACHER_FORWARDS.get(type(model).__name__)
+    as known; `student_outputs` are the student's records of this step.
+    `forwards`: the model's `TEACHER_FORWARDS` entry, looked up if not given
+    (the distiller looks it up once, outside any traced code: Paddle 2.6's
+    bytecode translator reuses one architecture's lookup for another)."""
+    forwards = forwards or TEACHER_FORWARDS.get(type(model).__name__)
     if forwards is None:
         return model(inputs)
     image_part, rest = forwards
