@@ -169,10 +169,8 @@ def inference_needs_legacy_ir():
     return paddle_version() >= (3, 0)
 
 
-def legacy_ir_export(enabled=None):
+def legacy_ir_export(enabled):
     """Where `jit.save` must write a legacy program (see above)."""
-    if enabled is None:
-        enabled = inference_needs_legacy_ir()
     return paddle.pir_utils.DygraphOldIrGuard() if enabled else contextlib.nullcontext()
 
 

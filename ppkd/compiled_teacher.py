@@ -175,7 +175,7 @@ class InferenceTeacher(_Compiled):
             spec = [paddle.static.InputSpec([None, image.shape[1], None, None], image.dtype, 'image')]
             with compat.legacy_ir_export(legacy_ir):
                 paddle.jit.save(paddle.jit.to_static(program, full_graph=True), prefix, input_spec=spec)
-            _probe(prefix, image, settings)
+            _probe(prefix, image, **settings)
             from paddle import inference
             self._predictor = inference.create_predictor(predictor_config(prefix, input_shape=image.shape, **settings))
         finally:
@@ -200,12 +200,10 @@ class CompileError(RuntimeError):
     pass
 
 
-def _probe(prefix, image, settings):
+def _probe(prefix, image, device, threads, tensorrt_max_size, legacy_ir):
     """Build and run a predictor on the exported teacher in a child process;
     `CompileError` with the child's last words if it fails or crashes."""
     np.save(prefix + '.input.npy', image.numpy())
-    device, threads, tensorrt_max_size, legacy_ir = (settings[k] for k in (
-        'device', 'threads', 'tensorrt_max_size', 'legacy_ir'))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get('PYTHONPATH', '')]))
     cmd = [sys.executable, '-m', 'ppkd.compiled_teacher', prefix, device, str(threads), str(tensorrt_max_size),

@@ -78,7 +78,7 @@ class Distiller(nn.Layer):
 
         def teacher_outputs():
             self.teacher_recorder.clear()
-            run_for_features(self.teacher, inputs, {}, set(self.teacher_recorder.names), self._teacher_forwards)
+            run_for_features(self.teacher, self._teacher_forwards, inputs, {}, set(self.teacher_recorder.names))
             return dict(self.teacher_recorder.outputs)
 
         folded = fold_batch_norms(self.teacher, teacher_outputs, keep=self.teacher_recorder.names)
@@ -115,7 +115,7 @@ class Distiller(nn.Layer):
                 if rest is not None:  # in dygraph: it reads the student's outputs of this step
                     rest(self.teacher, feats, inputs, self.student_recorder.outputs, names)
                 return
-        run_for_features(self.teacher, inputs, self.student_recorder.outputs, names, self._teacher_forwards)
+        run_for_features(self.teacher, self._teacher_forwards, inputs, self.student_recorder.outputs, names)
 
     def forward(self, inputs):
         if not self.training:

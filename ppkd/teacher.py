@@ -102,16 +102,15 @@ TEACHER_FORWARDS = {
 }
 
 
-def run_for_features(model, inputs, student_outputs=None, names=(), forwards=None):
+def run_for_features(model, forwards, inputs, student_outputs, names):
     """Run the frozen teacher so its recorders (on `names`) fire, as cheaply
-    as known; `student_outputs` are the student's records of this step.
-    `forwards`: the model's `TEACHER_FORWARDS` entry, looked up if not given
-    (the distiller looks it up once, outside any traced code: Paddle 2.6's
-    bytecode translator reuses one architecture's lookup for another)."""
-    forwards = forwards or TEACHER_FORWARDS.get(type(model).__name__)
+    as known: `forwards` is its `TEACHER_FORWARDS` entry (None: the whole
+    forward); `student_outputs` are the student's records of this step. The
+    distiller looks the entry up once, outside any traced code: Paddle 2.6's
+    bytecode translator reuses one architecture's lookup for another."""
     if forwards is None:
         return model(inputs)
     image_part, rest = forwards
     feats = image_part(model, inputs, names)
     if rest is not None:
-        rest(model, feats, inputs, student_outputs or {}, names)
+        rest(model, feats, inputs, student_outputs, names)
