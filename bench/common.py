@@ -58,6 +58,26 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else float('nan')
 
 
+def std(xs):
+    """Sample standard deviation (n − 1); 0 for a single value."""
+    if len(xs) < 2:
+        return 0.
+    m = mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def paired_gain(runs, method, baseline):
+    """Per seed run by both, mAP(method) − mAP(baseline); with the mean, its
+    standard error and whether it is a gain: mean > 2 × standard error, or
+    positive on every seed (README's criterion)."""
+    base = {r['seed']: r['mAP'] for r in runs if r['method'] == baseline}
+    diffs = {r['seed']: r['mAP'] - base[r['seed']] for r in runs if r['method'] == method and r['seed'] in base}
+    values = list(diffs.values())
+    se = std(values) / len(values) ** 0.5 if values else float('nan')
+    gain = bool(values) and len(values) >= 3 and (mean(values) > 2 * se or all(d > 0 for d in values))
+    return {'per_seed': diffs, 'mean': mean(values), 'se': se, 'gain': gain}
+
+
 def schedule(epochs, warmup_steps=50):
     """Warm-up, then a 10× drop for the last sixth of the epochs."""
     return [f'epoch={epochs}', 'LearningRate.schedulers=[{name: PiecewiseDecay, gamma: 0.1, milestones: [%d]},'
@@ -95,7 +115,7 @@ def run_student(method, seed, cmd, out, classes):
 
 
 def comparison_args(description, work_name, out_name, input_size, batch_size, teacher_epochs, student_epochs, seeds,
-                    methods):
+                    methods, labeled_fraction=None):
     """The flags every BCCD comparison takes, with its own defaults."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument('--dataset', default=BCCD)
@@ -108,8 +128,27 @@ def comparison_args(description, work_name, out_name, input_size, batch_size, te
     p.add_argument('--snapshot_epoch', type=int, default=2)
     p.add_argument('--seeds', type=int, nargs='+', default=seeds)
     p.add_argument('--methods', nargs='+', default=list(methods), choices=list(methods))
+    p.add_argument('--labeled_fraction', type=float, default=labeled_fraction,
+                   help='keep this share of trainval labelled, the rest unlabeled (tools/split_voc.py)')
+    p.add_argument('--split_seed', type=int, default=0, help='seed of the labelled/unlabeled draw')
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
+    p.add_argument('--teacher_opt', nargs='*', default=[], help='extra overrides for the teacher run')
     return p
+
+
+def cpu_model():
+    """The CPU's model name and its vector extensions, for the results."""
+    name, flags = '?', set()
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            if key.strip() == 'model name':
+                name = value.strip()
+            elif key.strip() == 'flags':
+                flags = set(value.split())
+    extensions = [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16') if f in flags]
+    return f'{name}, {os.cpu_count()} cores, {" ".join(extensions) or "no AVX2"}'
+
 
 
 def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_label, title, warmup_steps=50):
@@ -118,13 +157,16 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
     (script, config, extra overrides). Results go to `args.out`.{md,json,png}."""
     os.makedirs(args.work_dir, exist_ok=True)
     lists = os.path.join(args.work_dir, 'lists')
-    split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists)
+    split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists, seed=args.split_seed,
+              labeled_fraction=args.labeled_fraction)
+    args.cpu = cpu_model()
     common = [f'dataset_dir={lists}', f'input_size={args.input_size}', f'TrainReader.batch_size={args.batch_size}',
               f'snapshot_epoch={args.snapshot_epoch}', 'worker_num=2']
     teacher_dir = os.path.join(args.work_dir, teacher_dir)
     teacher_cfg = os.path.join(cfg_dir, teacher_cfg)
     teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir,
-                                                  [*common, *schedule(args.teacher_epochs, warmup_steps)])
+                                                  [*common, *schedule(args.teacher_epochs, warmup_steps),
+                                                   *args.teacher_opt])
     results = {'settings': vars(args), 'teacher': {'mAP': teacher_eval['mAP'], 'per_class': teacher_eval['per_class'],
                                                    'train_seconds': teacher_seconds}, 'runs': []}
     print(f'teacher: mAP {teacher_eval["mAP"]:.2f}', flush=True)
@@ -141,19 +183,30 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
             write(results, args.out, teacher_label, title)
 
 
-def write(results, out, teacher_label, title):
-    """The results as a Markdown table (out.md), JSON (out.json) and mAP curves (out.png)."""
+def write(results, out, teacher_label, title, baseline='no teacher'):
+    """The results as a Markdown table (out.md), JSON (out.json) and mAP
+    curves (out.png): per arm mean ± std over seeds, and the paired
+    difference to `baseline` on each seed."""
     classes = list(results['teacher']['per_class'])
-    head = ['model', 'seeds', 'mAP (mean)', 'mAP per seed', *classes, 'train s (mean)']
+    head = ['model', 'seeds', 'mAP mean ± std', 'mAP per seed', f'Δ vs {baseline} per seed', 'Δ mean ± s.e.',
+            'gain', *classes, 'train s (mean)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     t = results['teacher']
-    lines.append('| teacher %s | 1 | %.2f | %.2f | %s | %.0f |' % (
+    lines.append('| teacher %s | 1 | %.2f | %.2f |  |  |  | %s | %.0f |' % (
         teacher_label, t['mAP'], t['mAP'], ' | '.join('%.2f' % t['per_class'][c] for c in classes), t['train_seconds']))
+    results['paired'] = {}
     for method in dict.fromkeys(r['method'] for r in results['runs']):
         rs = [r for r in results['runs'] if r['method'] == method]
-        lines.append('| student, %s | %d | %.2f | %s | %s | %.0f |' % (
-            method, len(rs), mean([r['mAP'] for r in rs]),
-            ', '.join('%.2f' % r['mAP'] + (' (diverged)' if r.get('error') else '') for r in rs),
+        maps = [r['mAP'] for r in rs]
+        if method == baseline:
+            delta = ('', '', '')
+        else:
+            paired = results['paired'][method] = paired_gain(results['runs'], method, baseline)
+            delta = (', '.join('%+.2f' % d for d in paired['per_seed'].values()),
+                     '%+.2f ± %.2f' % (paired['mean'], paired['se']), 'yes' if paired['gain'] else 'no')
+        lines.append('| student, %s | %d | %.2f ± %.2f | %s | %s | %s | %s | %s | %.0f |' % (
+            method, len(rs), mean(maps), std(maps),
+            ', '.join('%.2f' % r['mAP'] + (' (diverged)' if r.get('error') else '') for r in rs), *delta,
             ' | '.join('%.2f' % mean([r['per_class'][c] for r in rs]) for c in classes),
             mean([r['train_seconds'] for r in rs])))
     lines += ['', 'Loss scale, first → last logged iteration (distillation = total − detection, weighted):', '',
@@ -168,20 +221,28 @@ def write(results, out, teacher_label, title):
         lines += ['', 'Runs that stopped (counted as 0 mAP):', '']
         lines += [f'- {r["method"]}, seed {r["seed"]}: {r["error"]}' for r in stopped]
     s = results['settings']
-    note = (f'\nBCCD official split (trainval 292 / test 72), input {s["input_size"]} px, batch {s["batch_size"]}, '
+    split = ('BCCD official split (trainval 292 / test 72)' if not s.get('labeled_fraction') else
+             f'BCCD official split, {s["labeled_fraction"]:.0%} of trainval labelled (teacher and every student), '
+             'the rest unlabeled (used by the unlabeled arms only), test 72')
+    note = (f'\n{split}, input {s["input_size"]} px, batch {s["batch_size"]}, '
             f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '
-            'VOC mAP@0.5 11-point (%), last snapshot; per-class AP is the mean over seeds.\n')
+            'VOC mAP@0.5 11-point (%), last snapshot; per-class AP is the mean over seeds. Same seed = same '
+            'student initialisation and labelled data order in every arm. Gain: mean paired Δ > 2 × its '
+            'standard error, or Δ > 0 on every seed (≥ 3 seeds). CPU: ' + s.get('cpu', '?') + '.\n')
     atomic_write_text(out + '.md', '\n'.join(lines) + '\n' + note)
     atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {m: f'C{i}' for i, m in enumerate(dict.fromkeys(r['method'] for r in results['runs']))}
     for r in results['runs']:
         if not r['curve']:
             continue
         xs, ys = zip(*r['curve'])
-        ax.plot(xs, ys, marker='o', label=f'{r["method"]} (seed {r["seed"]})')
+        first = r is next(x for x in results['runs'] if x['method'] == r['method'])
+        ax.plot(xs, ys, marker='o', color=colours[r['method']], alpha=0.8,
+                label=r['method'] if first else None)
     ax.set_xlabel('iteration')
     ax.set_ylabel('mAP@0.5 (%)')
     ax.set_title(title)

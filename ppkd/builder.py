@@ -4,6 +4,8 @@ import logging
 from ppdet.utils.checkpoint import load_pretrain_weight
 
 from ppkd import config as cfgmod
+from ppkd.balancing import SCHEDULE_KEYS, schedule_from_config
+from ppkd.data.unlabeled import unlabeled_section
 from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
@@ -41,7 +43,7 @@ def distill_loss_names(cfg):
     # `use_fine_grained_loss` is the switch PaddleDetection's distill.py had.
     if cfg.get('use_fine_grained_loss'):
         return ['YOLOv3FineGrainedDistill']
-    section = cfg.get('distill') or {}
+    section = distill_section(cfg)
     names = section.get('losses') or DEFAULT_LOSSES.get(cfg['architecture'])
     if not names:
         raise PPKDError(f'{cfg["config_path"]}: no distill.losses given and no default '
@@ -63,12 +65,31 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
             loss = cfgmod.build(student_cfg, name)
         except KeyError:
             raise PPKDError(f'{student_cfg["config_path"]}: unknown distillation loss {name!r}') from None
-        logger.info('distillation loss %s, weight %g', name, loss.weight)
+        logger.info('distillation loss %s, weight %s', name, 'auto' if loss.auto_weight else f'{loss.weight:g}')
         losses.append(loss)
-    section = student_cfg.get('distill') or {}
+    section = distill_section(student_cfg)
+    schedule, balance = schedule_from_config(section)
+    unlabeled = unlabeled_section(student_cfg)
     return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', False),
                      compile_teacher=_compile_engine(student_cfg, section.get('compile_teacher', 'auto')),
-                     tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)))
+                     tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)),
+                     schedule=schedule, balance=balance,
+                     unlabeled_weight=None if unlabeled is None else float(unlabeled.get('weight', 1.)))
+
+
+DISTILL_KEYS = ('losses', 'fold_teacher_bn', 'compile_teacher', 'teacher_tensorrt_max_size', 'unlabeled',
+                *SCHEDULE_KEYS)
+
+
+def distill_section(cfg):
+    """The config's `distill:` section, its keys checked."""
+    section = cfg.get('distill') or {}
+    if not isinstance(section, dict):
+        raise PPKDError(f'{cfg["config_path"]}: distill must be a mapping, got {section!r}')
+    unknown = sorted(set(section) - set(DISTILL_KEYS))
+    if unknown:
+        raise PPKDError(f'{cfg["config_path"]}: unknown key distill.{unknown[0]} (known: {", ".join(DISTILL_KEYS)})')
+    return section
 
 
 # `distill.compile_teacher` values → engine ('auto': Paddle Inference where

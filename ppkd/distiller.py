@@ -5,7 +5,9 @@ import logging
 import paddle
 import paddle.nn as nn
 
+from ppkd.balancing import AutoBalance, WeightSchedule
 from ppkd.compiled_teacher import compile_teacher
+from ppkd.errors import PPKDError
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.teacher import TEACHER_FORWARDS, freeze, run_for_features
@@ -24,11 +26,23 @@ class Distiller(nn.Layer):
 
     `compile_teacher`: 'auto', 'inference', 'to_static' or None (dygraph),
     as `distill.compile_teacher` (see `ppkd.compiled_teacher`).
+
+    `forward(inputs, unlabeled)`: with a batch of unlabeled images, the
+    student's and the teacher's image parts also run on it and every loss
+    that needs no ground truth adds its terms (named `<term>_unlabeled`,
+    weighted × `unlabeled_weight`); the detection loss reads `inputs` only.
+
+    `begin_step`/`end_step` around each training step apply the weight
+    schedule and calibrate `weight: auto` losses (`ppkd.balancing`).
     """
 
     def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
-                 tensorrt_max_size=0):
+                 tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None):
         super().__init__()
+        self.schedule = schedule or WeightSchedule()
+        self.balance = balance or AutoBalance()
+        self.unlabeled_weight = unlabeled_weight
+        self._term_names = {}
         self._fold_pending = fold_teacher_bn
         self._compile_pending = compile_teacher
         self._tensorrt_max_size = tensorrt_max_size
@@ -43,6 +57,20 @@ class Distiller(nn.Layer):
             student, [n for loss in losses for n in loss.student_layers], 'student')
         self.teacher_recorder = OutputRecorder(
             teacher, [n for loss in losses for n in loss.teacher_layers], 'teacher')
+        if unlabeled_weight is not None:
+            self._check_unlabeled(type(student).__name__)
+
+    def _check_unlabeled(self, arch):
+        for role, name in (('teacher', type(self.teacher).__name__), ('student', arch)):
+            if name not in TEACHER_FORWARDS:
+                raise PPKDError(f'distill.unlabeled: no image-only forward known for the {role} ({name})')
+        skipped = [type(loss).__name__ for loss in self.distill_losses if loss.needs_ground_truth]
+        if len(skipped) == len(self.distill_losses):
+            raise PPKDError(f'distill.unlabeled: every loss ({", ".join(skipped)}) needs ground truth; '
+                            'none can run on unlabeled images')
+        if skipped:
+            logger.warning('unlabeled images: %s need ground truth and run on labelled images only',
+                           ', '.join(skipped))
 
     def train(self):
         super().train()
@@ -99,8 +127,40 @@ class Distiller(nn.Layer):
             return outputs['loss']
         return paddle.add_n([value * scale.get(name, 1.) for name, value in outputs.items() if name != 'loss'])
 
-    def run_teacher(self, inputs):
-        """The teacher's part of a step: its recorder filled for `inputs`."""
+    def begin_step(self, iteration, total_iters, steps_per_epoch):
+        """Set every loss's weight for this iteration (outside the compiled step)."""
+        factor = self.schedule.factor(iteration, total_iters, steps_per_epoch)
+        for loss in self.distill_losses:
+            loss.step_weight.set_value(paddle.full([], loss.weight * factor, 'float32'))
+
+    def end_step(self, iteration, outputs):
+        """Calibrate `weight: auto` losses from this step's unweighted terms."""
+        waiting = [loss for loss in self.distill_losses if not loss.calibrated]
+        if not waiting:
+            return
+        value = lambda name: float(outputs[name].numpy().reshape(-1)[0])  # noqa: E731
+        terms = {}
+        for loss in waiting:
+            labelled, unlabeled = self._term_names.get(id(loss), ([], []))
+            terms[loss] = (sum(value(n) for n in labelled)
+                           + (self.unlabeled_weight or 0.) * sum(value(n) for n in unlabeled))
+        for loss, weight in self.balance.observe(iteration, value('det_loss'), terms).items():
+            loss.weight = weight
+
+    def _add_terms(self, outputs, total, suffix='', scale=1.):
+        for loss in self.distill_losses:
+            if suffix and loss.needs_ground_truth:
+                continue
+            terms = loss(self.student_recorder.outputs, self.teacher_recorder.outputs)
+            self._term_names.setdefault(id(loss), ([], []))[1 if suffix else 0][:] = [n + suffix for n in terms]
+            for name, value in terms.items():
+                outputs[name + suffix] = value
+                total = total + (loss.step_weight * scale) * value
+        return total
+
+    def run_teacher(self, inputs, image_part_only=False):
+        """The teacher's part of a step: its recorder filled for `inputs`
+        (with `image_part_only`, not the part that reads the student)."""
         names = set(self.teacher_recorder.names)
         if self.compiled_teacher is not None:
             try:
@@ -112,12 +172,13 @@ class Distiller(nn.Layer):
             else:
                 self.teacher_recorder.outputs = outputs
                 rest = self._teacher_forwards[1]
-                if rest is not None:  # in dygraph: it reads the student's outputs of this step
+                if rest is not None and not image_part_only:  # in dygraph: it reads the student's outputs of this step
                     rest(self.teacher, feats, inputs, self.student_recorder.outputs, names)
                 return
-        run_for_features(self.teacher, self._teacher_forwards, inputs, self.student_recorder.outputs, names)
+        forwards = (self._teacher_forwards[0], None) if image_part_only else self._teacher_forwards
+        run_for_features(self.teacher, forwards, inputs, self.student_recorder.outputs, names)
 
-    def forward(self, inputs):
+    def forward(self, inputs, unlabeled=None):
         if not self.training:
             return self.student(inputs)
         self.student_recorder.clear()
@@ -126,12 +187,17 @@ class Distiller(nn.Layer):
         with paddle.no_grad():
             self.run_teacher(inputs)
         det_loss = self._detection_loss(outputs)
-        total = det_loss
+        total = self._add_terms(outputs, det_loss)
+        if unlabeled is not None:
+            self.student_recorder.clear()
+            self.teacher_recorder.clear()
+            # The image part alone: no ground truth, so no detection loss.
+            TEACHER_FORWARDS[type(self.student).__name__][0](self.student, unlabeled, self.student_recorder.names)
+            with paddle.no_grad():
+                self.run_teacher(unlabeled, image_part_only=True)
+            total = self._add_terms(outputs, total, '_unlabeled', self.unlabeled_weight)
         for loss in self.distill_losses:
-            terms = loss(self.student_recorder.outputs, self.teacher_recorder.outputs)
-            for name, value in terms.items():
-                outputs[name] = value
-                total = total + loss.weight * value
+            outputs[f'weight_{type(loss).__name__}'] = loss.step_weight
         outputs['det_loss'] = det_loss
         outputs['loss'] = total
         return outputs

@@ -53,7 +53,13 @@ def freeze(model):
 
 
 def _yolov3_head_maps(model, inputs, names):
-    model.yolo_head(model.neck(model.backbone(inputs)))
+    """The head's output convolutions on the neck's features: the raw maps,
+    in train mode too (the head's own forward computes its loss there)."""
+    head = model.yolo_head
+    if head.data_format != 'NCHW':
+        raise PPKDError(f'{type(head).__name__}: only NCHW head maps can be distilled')
+    for conv, feat in zip(head.yolo_outputs, model.neck(model.backbone(inputs))):
+        conv(feat)
     return []
 
 
@@ -91,7 +97,8 @@ def _faster_rcnn_roi_head(model, feats, inputs, student_outputs, names):
 STUDENT_ROIS = 'bbox_head.bbox_assigner'
 
 # Per architecture, the teacher's forward up to the last layer a loss reads
-# (no loss computation, no decoding, no NMS), in two parts: the image part,
+# (no loss computation, no decoding, no NMS), in two parts: the image part
+# (also the student's forward on unlabeled images),
 # (model, inputs, names) → the features the second part reads, a function of
 # the image alone and so compilable; and the part that also reads the
 # student's outputs of the step, (model, features, inputs, student_outputs,

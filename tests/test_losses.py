@@ -113,3 +113,54 @@ def test_fine_grained_refuses_wrong_class_count():
     s = [paddle.zeros(s) for s in SHAPES]
     with pytest.raises(PPKDError, match=r'27 channels, expected 3 anchors × \(5 \+ 3 classes\) = 24'):
         yolov3_fine_grained_distill(s, s, num_classes=3)
+
+
+def _numpy_fm_nms(obj, cls, k=3):
+    """Loop form: a candidate (anchor, cell) survives unless a candidate of
+    the same top class within k×k cells (any anchor) has a higher objectness."""
+    n, a, h, w = obj.shape
+    top = cls.argmax(axis=2)
+    keep = np.zeros_like(obj)
+    r = k // 2
+    for b in range(n):
+        for i in range(a):
+            for y in range(h):
+                for x in range(w):
+                    rivals = [obj[b, j, yy, xx] for j in range(a)
+                              for yy in range(max(0, y - r), min(h, y + r + 1))
+                              for xx in range(max(0, x - r), min(w, x + r + 1))
+                              if top[b, j, yy, xx] == top[b, i, y, x]]
+                    keep[b, i, y, x] = float(obj[b, i, y, x] >= max(rivals))
+    return keep
+
+
+def test_feature_map_nms_matches_numpy():
+    from ppkd.losses.yolov3 import feature_map_nms
+    rng = np.random.RandomState(7)
+    obj, cls = rng.randn(2, 3, 5, 6).astype('float32'), rng.randn(2, 3, 4, 5, 6).astype('float32')
+    got = feature_map_nms(paddle.to_tensor(obj), paddle.to_tensor(cls)).numpy()
+    expected = _numpy_fm_nms(obj, cls)
+    np.testing.assert_array_equal(got, expected)
+    assert 0 < expected.mean() < 1  # some candidates kept, some dropped
+
+
+def test_fine_grained_with_fm_nms_matches_numpy():
+    """Dropped candidates count as background: gate 0 and objectness target 0."""
+    s, t = _maps(8), _maps(9)
+    got = yolov3_fine_grained_distill([paddle.to_tensor(a) for a in s], [paddle.to_tensor(b) for b in t],
+                                      num_classes=4, fm_nms=True)
+    expected = {'reg': 0., 'cls': 0., 'obj': 0.}
+    for sm, tm in zip(s, t):
+        n, _, h, w = sm.shape
+        sr, tr = sm.reshape(n, 3, 9, h, w), tm.reshape(n, 3, 9, h, w)
+        keep = _numpy_fm_nms(tr[:, :, 4], tr[:, :, 5:])
+        gate = _sigmoid(tr[:, :, 4]) * keep
+        box = (_bce(sr[:, :, 0], _sigmoid(tr[:, :, 0])) + _bce(sr[:, :, 1], _sigmoid(tr[:, :, 1]))
+               + np.abs(sr[:, :, 2] - tr[:, :, 2]) + np.abs(sr[:, :, 3] - tr[:, :, 3]))
+        expected['reg'] += (box * gate).mean()
+        expected['cls'] += (_bce(sr[:, :, 5:], _sigmoid(tr[:, :, 5:])) * gate[:, :, None]).mean()
+        expected['obj'] += _bce(sr[:, :, 4], (tr[:, :, 4] > 0) * keep).mean()
+    for k in expected:
+        np.testing.assert_allclose(float(got[k]), expected[k], rtol=1e-5, err_msg=k)
+    plain = yolov3_fine_grained_distill([paddle.to_tensor(a) for a in s], [paddle.to_tensor(b) for b in t], 4)
+    assert float(got['reg']) < float(plain['reg'])

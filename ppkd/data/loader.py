@@ -7,11 +7,16 @@ pace. ppkd stops that eager iterator and opens each epoch's pass after
 seeding, so a run (and a resumed run) sees the same batches every time.
 """
 from ppkd import config as cfgmod
+from ppkd.data.unlabeled import UnlabeledImages, unlabeled_section
 
 
-def build_reader(cfg, mode):
-    """The config's `<mode>Reader` over its `<mode>Dataset` (mode: Train, Eval)."""
-    reader = cfgmod.build(cfg, f'{mode}Reader')(cfg[f'{mode}Dataset'], cfg.get('worker_num', 0))
+def build_reader(cfg, mode, dataset=None, batch_size=None):
+    """The config's `<mode>Reader` (mode: Train, Eval) over its `<mode>Dataset`,
+    or over `dataset` with `batch_size` (the unlabeled images)."""
+    reader = cfgmod.build(cfg, f'{mode}Reader')
+    if batch_size:
+        reader.batch_size = int(batch_size)
+    reader = reader(cfg[f'{mode}Dataset'] if dataset is None else dataset, cfg.get('worker_num', 0))
     eager = getattr(reader, 'loader', None)
     if eager is not None and hasattr(eager, '_try_shutdown_all'):
         eager._try_shutdown_all()
@@ -26,3 +31,22 @@ def epoch_batches(reader, epoch=0):
     if hasattr(reader._batch_sampler, 'set_epoch'):
         reader._batch_sampler.set_epoch(epoch)
     return iter(reader.dataloader)
+
+
+def build_unlabeled_reader(cfg):
+    """The TrainReader over `distill.unlabeled`'s images (its own batch size,
+    the labelled one by default), or None when the config has none."""
+    section = unlabeled_section(cfg)
+    if section is None:
+        return None
+    dataset = UnlabeledImages(dataset_dir=cfg.get('dataset_dir') or cfg['TrainDataset'].dataset_dir,
+                              image_dir=section.get('image_dir'), image_list=section.get('image_list'))
+    return build_reader(cfg, 'Train', dataset, section.get('batch_size'))
+
+
+def endless_batches(reader, first_pass=0):
+    """Passes over `reader` one after another (pass k shuffled as epoch k)."""
+    passes = first_pass
+    while True:
+        yield from epoch_batches(reader, passes)
+        passes += 1

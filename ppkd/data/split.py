@@ -65,14 +65,20 @@ def _read_ids(path):
 
 
 def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
-              image_dir='JPEGImages', anno_dir='Annotations'):
+              image_dir='JPEGImages', anno_dir='Annotations', labeled_fraction=None):
     """Write trainval.txt, test.txt and label_list.txt; return a summary.
 
     `imagesets` (e.g. ('trainval', 'test')) takes the split from
     ImageSets/Main/<name>.txt instead of drawing it with `ratio` and `seed`.
+
+    `labeled_fraction` (e.g. 0.25): trainval.txt keeps that share of the
+    trainval images (drawn with `seed`) and unlabeled.txt lists the others'
+    images alone, their annotations withheld — a low-label setting.
     """
     if not 0. < ratio < 1.:
         raise PPKDError(f'ratio must be between 0 and 1, got {ratio}')
+    if labeled_fraction is not None and not 0. < labeled_fraction < 1.:
+        raise PPKDError(f'labeled_fraction must be between 0 and 1, got {labeled_fraction}')
     samples, classes, skipped = scan_voc_folder(root, image_dir, anno_dir)
     if not samples:
         raise PPKDError(f'no usable image/annotation pair in {root}')
@@ -90,16 +96,28 @@ def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
         random.Random(seed).shuffle(stems)
         n_train = min(max(1, round(len(stems) * ratio)), len(stems) - 1)
         trainval, test = sorted(stems[:n_train]), sorted(stems[n_train:])
+    unlabeled = []
+    if labeled_fraction is not None:
+        drawn = list(trainval)
+        random.Random(seed).shuffle(drawn)
+        n_labeled = min(max(1, round(len(drawn) * labeled_fraction)), len(drawn) - 1)
+        trainval, unlabeled = sorted(drawn[:n_labeled]), sorted(drawn[n_labeled:])
     out_dir = out_dir or root
     os.makedirs(out_dir, exist_ok=True)
     # List lines are relative to the folder holding the lists (ppdet's
     # dataset_dir), so a read-only data set can be split into another folder.
     prefix = os.path.relpath(root, out_dir)
-    for name, stems in (('trainval.txt', trainval), ('test.txt', test)):
-        atomic_write_text(os.path.join(out_dir, name), ''.join(
-            f'{os.path.normpath(os.path.join(prefix, samples[s][0]))} '
-            f'{os.path.normpath(os.path.join(prefix, samples[s][1]))}\n' for s in stems))
+
+    def rel(path):
+        return os.path.normpath(os.path.join(prefix, path))
+
+    lists = {'trainval.txt': [f'{rel(samples[s][0])} {rel(samples[s][1])}\n' for s in trainval],
+             'test.txt': [f'{rel(samples[s][0])} {rel(samples[s][1])}\n' for s in test]}
+    if labeled_fraction is not None:
+        lists['unlabeled.txt'] = [f'{rel(samples[s][0])}\n' for s in unlabeled]
+    for name, lines in lists.items():
+        atomic_write_text(os.path.join(out_dir, name), ''.join(lines))
     atomic_write_text(os.path.join(out_dir, 'label_list.txt'), ''.join(c + '\n' for c in classes))
     reasons = collections.Counter(skipped.values())
-    return {'trainval': len(trainval), 'test': len(test), 'classes': classes,
+    return {'trainval': len(trainval), 'test': len(test), 'unlabeled': len(unlabeled), 'classes': classes,
             'skipped': skipped, 'skip_reasons': dict(reasons)}

@@ -58,15 +58,20 @@ def _overlaps(box, boxes):
 
 
 def make_shapes_voc(root, num_images=240, image_size=160, seed=0, test_ratio=0.25,
-                    min_size=12, max_size=72, max_objects=4):
+                    min_size=12, max_size=72, max_objects=4, num_unlabeled=0):
     """Write the data set under `root` (JPEGImages/, Annotations/,
-    label_list.txt, trainval.txt, test.txt) and return its root."""
+    label_list.txt, trainval.txt, test.txt) and return its root.
+
+    `num_unlabeled` more images of the same kind go to `unlabeled/` without
+    annotations, listed in `unlabeled.txt`."""
     rng = np.random.RandomState(seed)
     max_size = min(max_size, image_size - 1)
     for d in ('JPEGImages', 'Annotations'):
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    lines = []
-    for i in range(num_images):
+    lines, unlabeled = [], []
+    if num_unlabeled:
+        os.makedirs(os.path.join(root, 'unlabeled'), exist_ok=True)
+    for i in range(num_images + num_unlabeled):
         name = f'shapes_{i:04d}'
         img = _background(rng, image_size)
         boxes, objects = [], []
@@ -83,6 +88,10 @@ def make_shapes_voc(root, num_images=240, image_size=160, seed=0, test_ratio=0.2
             _draw(img, cls, *box, colour)
             boxes.append(box)
             objects.append(_OBJ.format(cls=cls, x1=box[0], y1=box[1], x2=box[2], y2=box[3]))
+        if i >= num_images:
+            cv2.imwrite(os.path.join(root, 'unlabeled', name + '.jpg'), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            unlabeled.append(f'unlabeled/{name}.jpg\n')
+            continue
         cv2.imwrite(os.path.join(root, 'JPEGImages', name + '.jpg'), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         atomic_write_text(os.path.join(root, 'Annotations', name + '.xml'),
                           _XML.format(name=name, w=image_size, h=image_size, objects=''.join(objects)))
@@ -91,4 +100,6 @@ def make_shapes_voc(root, num_images=240, image_size=160, seed=0, test_ratio=0.2
     atomic_write_text(os.path.join(root, 'trainval.txt'), ''.join(lines[n_test:]))
     atomic_write_text(os.path.join(root, 'test.txt'), ''.join(lines[:n_test]))
     atomic_write_text(os.path.join(root, 'label_list.txt'), ''.join(c + '\n' for c in CLASSES))
+    if num_unlabeled:
+        atomic_write_text(os.path.join(root, 'unlabeled.txt'), ''.join(unlabeled))
     return root

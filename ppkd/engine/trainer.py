@@ -17,7 +17,7 @@ import paddle
 
 from ppkd import config as cfgmod
 from ppkd.engine.checkpoint import load_resume_state, optimizer_state_for_loading, save_checkpoint
-from ppkd.data.loader import build_reader, epoch_batches
+from ppkd.data.loader import build_reader, build_unlabeled_reader, endless_batches, epoch_batches
 from ppkd.engine.evaluator import evaluate
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
@@ -118,6 +118,8 @@ class Trainer:
             self.train_model = paddle.jit.to_static(self.train_model)
         self.scaler = amp_scaler(self.amp)
         self.eval_loader = None
+        # Distillation on unlabeled images: one unlabeled batch beside each labelled one.
+        self.unlabeled_loader = build_unlabeled_reader(cfg) if self.student is not model else None
 
     def load_student_weights(self, path):
         load_weights(self.student, path, role='student')
@@ -169,6 +171,8 @@ class Trainer:
         total_iters = self.epochs * self.steps_per_epoch
         history = []
         self.model.train()
+        unlabeled = None if self.unlabeled_loader is None else endless_batches(self.unlabeled_loader,
+                                                                                 self.start_epoch)
         for epoch in range(self.start_epoch, self.epochs):
             # Seeding per epoch makes a resumed run draw the same batches.
             seed_everything(self.seed + epoch)
@@ -176,11 +180,13 @@ class Trainer:
             for step, batch in enumerate(epoch_batches(self.loader, epoch)):
                 data_cost = time.perf_counter() - tic
                 iteration = epoch * self.steps_per_epoch + step
+                extra = () if unlabeled is None else (next(unlabeled),)
                 if hasattr(self.model, 'prepare_teacher'):
                     self.model.prepare_teacher(batch, in_program=self.to_static)
+                    self.model.begin_step(iteration, total_iters, self.steps_per_epoch)
                 try:
                     with paddle.amp.auto_cast(enable=self.amp):
-                        outputs = self.train_model(batch)
+                        outputs = self.train_model(batch, *extra)
                 except Exception:
                     # Non-finite weights make some ppdet ops raise (e.g. BCE's
                     # input check) before a loss exists.
@@ -195,6 +201,8 @@ class Trainer:
                     raise self._diverged(f'loss became {value}{detail}', epoch, iteration)
                 apply_gradients(loss, self.optimizer, self.scaler)
                 self.lr.step()
+                if hasattr(self.model, 'end_step'):
+                    self.model.end_step(iteration, outputs)
                 batch_cost = time.perf_counter() - tic
                 if step % log_iter == 0 or step == self.steps_per_epoch - 1:
                     self._log(epoch, step, outputs, batch_cost, data_cost, len(batch['image']),

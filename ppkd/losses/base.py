@@ -1,5 +1,8 @@
 """The contract every distillation loss follows."""
+import paddle
 import paddle.nn as nn
+
+from ppkd.errors import PPKDError
 
 
 class DistillLoss(nn.Layer):
@@ -15,14 +18,44 @@ class DistillLoss(nn.Layer):
     `det_loss_scale` ({student loss term: factor}) lets a method re-weight the
     student's own detection terms, e.g. the hard share μ of a classification
     loss that is mixed with soft labels.
+
+    `weight` is a number or `'auto'` (calibrated against the detection loss
+    in the first iterations, see `ppkd.balancing`); it is kept in the loss's
+    state, so a resumed run keeps a calibrated weight. `step_weight` is the
+    weight of the current step (the schedule applied), a tensor so that a
+    compiled step reads the new value every iteration.
+
+    `needs_ground_truth`: the loss reads the student's ground-truth
+    assignments (sampled RoIs, anchor targets), so it cannot run on
+    unlabeled images.
     """
+    needs_ground_truth = False
 
     def __init__(self, weight, student_layers, teacher_layers):
         super().__init__()
-        self.weight = float(weight)
+        self.auto_weight = weight == 'auto'
+        try:
+            initial = 0. if self.auto_weight else float(weight)
+        except (TypeError, ValueError):
+            raise PPKDError(f'{type(self).__name__}.weight must be a number or auto, got {weight!r}') from None
+        self.register_buffer('base_weight', paddle.full([], initial, 'float32'), persistable=True)
+        self.register_buffer('step_weight', paddle.full([], initial, 'float32'), persistable=False)
         self.student_layers = list(student_layers)
         self.teacher_layers = list(teacher_layers)
         self.det_loss_scale = {}
+
+    @property
+    def weight(self):
+        return float(self.base_weight)
+
+    @weight.setter
+    def weight(self, value):
+        self.base_weight.set_value(paddle.full([], float(value), 'float32'))
+
+    @property
+    def calibrated(self):
+        """False while a `weight: auto` loss still waits for its weight."""
+        return not self.auto_weight or self.weight > 0
 
     def bind(self, student, teacher):
         """Called once by the distiller with both models, before training:

@@ -113,6 +113,8 @@ def _class_deltas(deltas, labels):
 class _FasterRCNNHeadLoss(DistillLoss):
     """Shared by the soft-label and bounded losses: which parts they read,
     and whether the RPN part is on (λ = `rpn_distill_weight`, shared)."""
+    # Sampled RoIs and anchor targets come from the ground truth.
+    needs_ground_truth = True
 
     def __init__(self, weight, rpn_distill_weight, rcnn_layers, rpn_layers):
         super().__init__(weight, [STUDENT_ROIS, *rcnn_layers, *rpn_layers, RPN_TARGETS],

@@ -61,13 +61,32 @@ def _soft_bce(logits, target_logits):
     return F.binary_cross_entropy_with_logits(logits, F.sigmoid(target_logits), reduction='none')
 
 
-def yolov3_fine_grained_distill(student_outputs, teacher_outputs, num_classes, num_anchors=3):
+def feature_map_nms(obj_logits, cls_logits, kernel=3):
+    """Feature-map NMS on one head level (the 200-FPS paper's FM-NMS):
+    `obj_logits` [N, A, H, W], `cls_logits` [N, A, C, H, W] → a 0/1 mask
+    [N, A, H, W] that keeps a candidate only if no candidate of the same top
+    class within its `kernel`×`kernel` cell neighbourhood (any anchor) has
+    a higher objectness; the others are duplicates of one object."""
+    num_classes = cls_logits.shape[2]
+    top = F.one_hot(paddle.argmax(cls_logits, axis=2), num_classes).transpose([0, 1, 4, 2, 3])  # [N,A,C,H,W]
+    # Objectness of each candidate in its top class's channel, far below any logit elsewhere.
+    score = paddle.where(top > 0, obj_logits.unsqueeze(2).expand_as(top), paddle.full_like(top, -1e9))
+    best = paddle.max(score, axis=1)  # [N, C, H, W]: per cell and class, over anchors
+    neighbourhood = F.max_pool2d(best, kernel, stride=1, padding=kernel // 2)
+    keep = paddle.logical_and(top > 0, score >= neighbourhood.unsqueeze(1))
+    return paddle.cast(paddle.any(keep, axis=2), obj_logits.dtype)
+
+
+def yolov3_fine_grained_distill(student_outputs, teacher_outputs, num_classes, num_anchors=3, fm_nms=False):
     """The objectness-gated terms of METHODS.md §2, each the unweighted sum
     over levels of a per-level mean: {'reg', 'cls', 'obj'}.
 
     reg: (BCE(s_x, σ(t_x)) + BCE(s_y, σ(t_y)) + |s_w − t_w| + |s_h − t_h|) · σ(t_obj)
     cls: BCE(s_cls, σ(t_cls)) · σ(t_obj), the gate broadcast over classes
     obj: BCE(s_obj, 1[t_obj > 0])
+
+    With `fm_nms`, the teacher's candidates that `feature_map_nms` drops
+    count as background: gate 0 and objectness target 0.
     """
     check_same_layout(student_outputs, teacher_outputs)
     reg, cls, obj = [], [], []
@@ -75,10 +94,13 @@ def yolov3_fine_grained_distill(student_outputs, teacher_outputs, num_classes, n
         sx, sy, sw, sh, sobj, scls = _split_head_map(s_out, num_classes, num_anchors)
         tx, ty, tw, th, tobj, tcls = _split_head_map(t_out.detach(), num_classes, num_anchors)
         gate = F.sigmoid(tobj)
+        obj_target = paddle.cast(tobj > 0., sobj.dtype)
+        if fm_nms:
+            keep = feature_map_nms(tobj, tcls)
+            gate, obj_target = gate * keep, obj_target * keep
         box = _soft_bce(sx, tx) + _soft_bce(sy, ty) + paddle.abs(sw - tw) + paddle.abs(sh - th)
         reg.append(paddle.mean(box * gate))
         cls.append(paddle.mean(_soft_bce(scls, tcls) * gate.unsqueeze(2)))
-        obj_target = paddle.cast(tobj > 0., sobj.dtype)
         obj.append(paddle.mean(F.binary_cross_entropy_with_logits(sobj, obj_target, reduction='none')))
     return {'reg': paddle.add_n(reg), 'cls': paddle.add_n(cls), 'obj': paddle.add_n(obj)}
 
@@ -95,11 +117,13 @@ class YOLOv3FineGrainedDistill(DistillLoss):
     """
     __shared__ = ['num_classes']
 
-    def __init__(self, weight=100., num_classes=80, num_anchors=3, student_layers=None, teacher_layers=None):
+    def __init__(self, weight=100., num_classes=80, num_anchors=3, fm_nms=False, student_layers=None,
+                 teacher_layers=None):
         super().__init__(weight, student_layers or YOLOV3_HEAD_OUTPUTS,
                          teacher_layers or YOLOV3_HEAD_OUTPUTS)
-        self.num_classes, self.num_anchors = num_classes, num_anchors
+        self.num_classes, self.num_anchors, self.fm_nms = num_classes, num_anchors, bool(fm_nms)
 
     def forward(self, student, teacher):
-        terms = yolov3_fine_grained_distill(*self.gather(student, teacher), self.num_classes, self.num_anchors)
+        terms = yolov3_fine_grained_distill(*self.gather(student, teacher), self.num_classes, self.num_anchors,
+                                            self.fm_nms)
         return {f'distill_{k}': v for k, v in terms.items()}
