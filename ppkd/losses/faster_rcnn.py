@@ -1,4 +1,4 @@
-"""Faster R-CNN distillation (METHODS.md §3, Chen et al. 2017): weighted soft
+"""Faster R-CNN distillation (docs/methods.md §4, Chen et al. 2017): weighted soft
 labels and teacher-bounded regression on the R-CNN head and the RPN, and a
 hint between intermediate features through an adaptation layer.
 

@@ -1,5 +1,5 @@
-"""YOLOv3 distillation: L2 on the raw head maps (METHODS.md §1) and the
-fine-grained, objectness-gated loss (§2)."""
+"""YOLOv3 distillation: L2 on the raw head maps (docs/methods.md §2) and the
+fine-grained, objectness-gated loss (§3)."""
 import paddle
 import paddle.nn.functional as F
 
@@ -78,7 +78,7 @@ def feature_map_nms(obj_logits, cls_logits, kernel=3):
 
 
 def yolov3_fine_grained_distill(student_outputs, teacher_outputs, num_classes, num_anchors=3, fm_nms=False):
-    """The objectness-gated terms of METHODS.md §2, each the unweighted sum
+    """The objectness-gated terms of docs/methods.md §3, each the unweighted sum
     over levels of a per-level mean: {'reg', 'cls', 'obj'}.
 
     reg: (BCE(s_x, σ(t_x)) + BCE(s_y, σ(t_y)) + |s_w − t_w| + |s_h − t_h|) · σ(t_obj)
