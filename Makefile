@@ -4,6 +4,7 @@
 #   make test-paddle26      the end-to-end smoke tests on Paddle 2.6.2 (.venv-paddle26)
 #   make bench-step-time    distillation step time vs the student and ppdet's DistillModel
 #   make bench-bccd         the BCCD comparisons (YOLOv3, then the Faster R-CNN ablation; hours on CPU)
+#   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 VENV ?= .venv
 ifeq ($(GPU),1)
 PADDLE ?= paddlepaddle-gpu==2.6.2
@@ -12,7 +13,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -36,6 +37,10 @@ bench-step-time: install
 bench-bccd: install
 	$(PY) bench/bccd_yolov3.py
 	$(PY) bench/bccd_faster_rcnn.py
+
+bench-gain: install
+	$(PY) bench/demo_seeds.py
+	$(PY) bench/bccd_low_label.py
 
 clean:
 	rm -rf output dataset/demo_shapes

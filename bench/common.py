@@ -221,9 +221,9 @@ def write(results, out, teacher_label, title, baseline='no teacher'):
         lines += ['', 'Runs that stopped (counted as 0 mAP):', '']
         lines += [f'- {r["method"]}, seed {r["seed"]}: {r["error"]}' for r in stopped]
     s = results['settings']
-    split = ('BCCD official split (trainval 292 / test 72)' if not s.get('labeled_fraction') else
-             f'BCCD official split, {s["labeled_fraction"]:.0%} of trainval labelled (teacher and every student), '
-             'the rest unlabeled (used by the unlabeled arms only), test 72')
+    split = s.get('data') or ('BCCD official split (trainval 292 / test 72)' if not s.get('labeled_fraction') else
+                              f'BCCD official split, {s["labeled_fraction"]:.0%} of trainval labelled (teacher and '
+                              'every student), the rest unlabeled (used by the unlabeled arms only), test 72')
     note = (f'\n{split}, input {s["input_size"]} px, batch {s["batch_size"]}, '
             f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '
             'VOC mAP@0.5 11-point (%), last snapshot; per-class AP is the mean over seeds. Same seed = same '

@@ -74,10 +74,11 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
                      compile_teacher=_compile_engine(student_cfg, section.get('compile_teacher', 'auto')),
                      tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)),
                      schedule=schedule, balance=balance,
-                     unlabeled_weight=None if unlabeled is None else float(unlabeled.get('weight', 1.)))
+                     unlabeled_weight=None if unlabeled is None else float(unlabeled.get('weight', 1.)),
+                     labeled_weight=float(section.get('labeled_weight', 1.)))
 
 
-DISTILL_KEYS = ('losses', 'fold_teacher_bn', 'compile_teacher', 'teacher_tensorrt_max_size', 'unlabeled',
+DISTILL_KEYS = ('losses', 'fold_teacher_bn', 'compile_teacher', 'teacher_tensorrt_max_size', 'unlabeled', 'labeled_weight',
                 *SCHEDULE_KEYS)
 
 

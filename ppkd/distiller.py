@@ -31,14 +31,16 @@ class Distiller(nn.Layer):
     student's and the teacher's image parts also run on it and every loss
     that needs no ground truth adds its terms (named `<term>_unlabeled`,
     weighted × `unlabeled_weight`); the detection loss reads `inputs` only.
+    The terms on the labelled batch are weighted × `labeled_weight`.
 
     `begin_step`/`end_step` around each training step apply the weight
     schedule and calibrate `weight: auto` losses (`ppkd.balancing`).
     """
 
     def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
-                 tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None):
+                 tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None, labeled_weight=1.):
         super().__init__()
+        self.labeled_weight = float(labeled_weight)
         self.schedule = schedule or WeightSchedule()
         self.balance = balance or AutoBalance()
         self.unlabeled_weight = unlabeled_weight
@@ -50,11 +52,14 @@ class Distiller(nn.Layer):
         self.student = student
         self.teacher = freeze(teacher)
         self._teacher_forwards = TEACHER_FORWARDS.get(type(teacher).__name__)
+        # The student's image part, for unlabeled images (looked up here, outside traced code).
+        self._student_image_part = TEACHER_FORWARDS.get(type(student).__name__, (None, None))[0]
         self.distill_losses = nn.LayerList(losses)
         for loss in losses:
             loss.bind(student, teacher)
+        # The student also runs alone (evaluation): record inside training steps only.
         self.student_recorder = OutputRecorder(
-            student, [n for loss in losses for n in loss.student_layers], 'student')
+            student, [n for loss in losses for n in loss.student_layers], 'student', active=False)
         self.teacher_recorder = OutputRecorder(
             teacher, [n for loss in losses for n in loss.teacher_layers], 'teacher')
         if unlabeled_weight is not None:
@@ -142,7 +147,7 @@ class Distiller(nn.Layer):
         terms = {}
         for loss in waiting:
             labelled, unlabeled = self._term_names.get(id(loss), ([], []))
-            terms[loss] = (sum(value(n) for n in labelled)
+            terms[loss] = (self.labeled_weight * sum(value(n) for n in labelled)
                            + (self.unlabeled_weight or 0.) * sum(value(n) for n in unlabeled))
         for loss, weight in self.balance.observe(iteration, value('det_loss'), terms).items():
             loss.weight = weight
@@ -181,18 +186,21 @@ class Distiller(nn.Layer):
     def forward(self, inputs, unlabeled=None):
         if not self.training:
             return self.student(inputs)
-        self.student_recorder.clear()
+        with self.student_recorder.recording():
+            return self._training_step(inputs, unlabeled)
+
+    def _training_step(self, inputs, unlabeled):
         self.teacher_recorder.clear()
         outputs = dict(self.student(inputs))
         with paddle.no_grad():
             self.run_teacher(inputs)
         det_loss = self._detection_loss(outputs)
-        total = self._add_terms(outputs, det_loss)
+        total = self._add_terms(outputs, det_loss, scale=self.labeled_weight)
         if unlabeled is not None:
             self.student_recorder.clear()
             self.teacher_recorder.clear()
             # The image part alone: no ground truth, so no detection loss.
-            TEACHER_FORWARDS[type(self.student).__name__][0](self.student, unlabeled, self.student_recorder.names)
+            self._student_image_part(self.student, unlabeled, self.student_recorder.names)
             with paddle.no_grad():
                 self.run_teacher(unlabeled, image_part_only=True)
             total = self._add_terms(outputs, total, '_unlabeled', self.unlabeled_weight)

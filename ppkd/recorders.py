@@ -1,6 +1,7 @@
 """Recorders: what named parts of a model output on a forward pass, kept
 apart from the losses that read them (as mmrazor's recorders and
 torchdistill's forward hooks)."""
+import contextlib
 import difflib
 
 import paddle.nn as nn
@@ -17,12 +18,17 @@ class OutputRecorder:
     on this model instance only). `outputs[name]` lists the outputs of every
     call since `clear()` — a layer shared across FPN levels is called once
     per level.
+
+    With `active=False` nothing is recorded outside a `recording()` block:
+    the student's recorder records inside a training step only, so that
+    evaluating the student never piles up its outputs.
     """
 
-    def __init__(self, model, names, role='model'):
+    def __init__(self, model, names, role='model', active=True):
         layers = dict(model.named_sublayers())
         layers[''] = model
         self.outputs = {}
+        self.active = active
         self.names = list(dict.fromkeys(names))
         self._undo = []
         for name in self.names:
@@ -41,17 +47,29 @@ class OutputRecorder:
 
     def _hook(self, name):
         def record(layer, inputs, output):
-            self.outputs.setdefault(name, []).append(output)
+            if self.active:
+                self.outputs.setdefault(name, []).append(output)
         return record
 
     def _wrap(self, owner, attr, target, name):
         def recorded(*args, **kwargs):
             output = target(*args, **kwargs)
-            self.outputs.setdefault(name, []).append(output)
+            if self.active:
+                self.outputs.setdefault(name, []).append(output)
             return output
         had_own = attr in vars(owner)
         setattr(owner, attr, recorded)
         self._undo.append(lambda: setattr(owner, attr, target) if had_own else delattr(owner, attr))
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Record inside this block (from an empty record)."""
+        was, self.active = self.active, True
+        self.clear()
+        try:
+            yield self.outputs
+        finally:
+            self.active = was
 
     def clear(self):
         self.outputs.clear()

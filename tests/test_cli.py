@@ -142,3 +142,17 @@ def test_infer_draws_boxes(tiny_voc, tiny_teacher, tmp_path):
                                           '--infer_img', img, '--output_dir', str(tmp_path), '--draw_threshold', '0'])
     assert code == 0
     assert os.path.isfile(tmp_path / 'shapes_0000.jpg')
+
+
+def test_eval_set_checked_before_training(tiny_voc, tmp_path, capsys):
+    """A missing test list fails at start, not after the training it would throw away."""
+    import shutil
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_voc, data)
+    os.remove(data / 'test.txt')
+    out = tmp_path / 'out'
+    code = run_script('tools/train.py', ['-c', STUDENT, '--eval', '--output_dir', str(out),
+                                          '-o', *tiny_opts(str(data), 'epoch=2')])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f'error: list file not found: {data}/test.txt'
+    assert not os.path.exists(out / 'metrics.jsonl')

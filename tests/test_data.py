@@ -155,3 +155,24 @@ def test_loader_error_needs_the_compat_fix(tiny_voc, tmp_path):
             'loader = C.build(cfg, "TrainReader")(cfg["TrainDataset"], 0)\n[b for b in loader]\n')
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=40)
+
+
+def test_evaluation_scores_every_listed_image(tiny_voc, tmp_path):
+    """No dropped last batch, and background-only images are scored too
+    (their false positives count)."""
+    from ppkd.builder import build_model
+    from ppkd.engine.evaluator import evaluate
+    root = _copy(tiny_voc, tmp_path)
+    with open(os.path.join(root, 'test.txt')) as f:
+        first = f.readline().split()
+    shutil.copy(os.path.join(root, first[0]), os.path.join(root, 'JPEGImages', 'empty.jpg'))
+    with open(os.path.join(root, 'Annotations', 'empty.xml'), 'w') as f:
+        f.write('<annotation><size><width>64</width><height>64</height><depth>3</depth></size></annotation>\n')
+    with open(os.path.join(root, 'test.txt'), 'a') as f:
+        f.write('JPEGImages/empty.jpg Annotations/empty.xml\n')
+    with open(os.path.join(root, 'test.txt')) as f:
+        listed = sum(1 for line in f if line.strip())
+    assert listed == 5
+    cfg = cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.25.yml'),
+                             tiny_opts(root, 'EvalReader.batch_size=3'))
+    assert evaluate(cfg, build_model(cfg))['images'] == 5

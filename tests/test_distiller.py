@@ -139,3 +139,16 @@ def test_use_fine_grained_loss_switch(tiny_voc, tiny_teacher):
     out = model(batch)
     terms = sum(float(out[k]) for k in ('distill_reg', 'distill_cls', 'distill_obj'))
     assert float(out['loss']) == pytest.approx(float(out['det_loss']) + 0.001 * terms, rel=1e-5)
+
+
+def test_student_recorder_records_only_inside_training_steps(tiny_voc, tiny_teacher):
+    """Evaluating the student between steps must not pile up its head maps."""
+    from ppkd.engine.evaluator import evaluate
+    cfg = _student_cfg(tiny_voc)
+    model = build_distiller(cfg, _teacher_cfg(tiny_voc), tiny_teacher[1])
+    model.train()
+    model(next(epoch_batches(build_reader(cfg, 'Train'))))
+    recorded = {k: len(v) for k, v in model.student_recorder.outputs.items()}
+    assert recorded and set(recorded.values()) == {1}
+    evaluate(cfg, model.student, build_reader(cfg, 'Eval'))
+    assert {k: len(v) for k, v in model.student_recorder.outputs.items()} == recorded

@@ -21,6 +21,7 @@ from ppdet.core.workspace import register, serializable
 from ppdet.data.source.dataset import DetDataset
 
 from ppkd.data.split import IMAGE_EXTS
+from ppkd.data.voc import NamesFailingImage
 from ppkd.errors import PPKDError
 
 logger = logging.getLogger('ppkd.data')
@@ -67,7 +68,7 @@ def list_unlabeled_images(dataset_dir, image_dir=None, image_list=None):
 
 @register
 @serializable
-class UnlabeledImages(DetDataset):
+class UnlabeledImages(NamesFailingImage, DetDataset):
     """Images with empty box lists, for the TrainReader's transforms."""
 
     def __init__(self, dataset_dir=None, image_dir=None, image_list=None, **kwargs):
@@ -85,15 +86,6 @@ class UnlabeledImages(DetDataset):
                         'gt_score': np.zeros((0, 1), np.float32), 'difficult': np.zeros((0, 1), np.int32)}
                        for i, p in enumerate(paths)]
         logger.info('unlabeled images: %d from %s', len(paths), self.unlabeled_dir or self.image_list)
-
-    def __getitem__(self, idx):
-        try:
-            return super().__getitem__(idx)
-        except PPKDError:
-            raise
-        except Exception as e:  # noqa: BLE001  any transform error, named by its image
-            raise PPKDError(f'{self.roidbs[idx]["im_file"]}: reader transform failed: '
-                            f'{type(e).__name__}: {e}') from None
 
 
 def unlabeled_section(cfg):

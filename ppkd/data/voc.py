@@ -106,9 +106,22 @@ def parse_voc_xml(xml_path, cname2cid=None):
     return ann, dropped
 
 
+class NamesFailingImage:
+    """Data set mixin: an error in a reader transform names its image."""
+
+    def __getitem__(self, idx):
+        try:
+            return super().__getitem__(idx)
+        except PPKDError:
+            raise
+        except Exception as e:  # noqa: BLE001  any transform error, named by its image
+            im_file = self.roidbs[idx % len(self.roidbs)].get('im_file', f'sample {idx}')
+            raise PPKDError(f'{im_file}: reader transform failed: {type(e).__name__}: {e}') from None
+
+
 @register
 @serializable
-class CheckedVOCDataSet(VOCDataSet):
+class CheckedVOCDataSet(NamesFailingImage, VOCDataSet):
     """VOCDataSet with strict checks (see the module docstring). Same YAML
     keys as ppdet's VOCDataSet; `label_list` is required."""
 
@@ -120,15 +133,6 @@ class CheckedVOCDataSet(VOCDataSet):
                 super().check_or_download_dataset()
             except Exception:  # noqa: BLE001  ppdet raises ValueError or download errors
                 raise PPKDError(f'dataset_dir does not exist: {self.dataset_dir}') from None
-
-    def __getitem__(self, idx):
-        try:
-            return super().__getitem__(idx)
-        except PPKDError:
-            raise
-        except Exception as e:  # noqa: BLE001  any transform error, named by its image
-            im_file = self.roidbs[idx % len(self.roidbs)].get('im_file', f'sample {idx}')
-            raise PPKDError(f'{im_file}: reader transform failed: {type(e).__name__}: {e}') from None
 
     def parse_dataset(self):
         if not os.path.isdir(self.dataset_dir):

@@ -21,6 +21,7 @@ from ppkd.data.loader import build_reader, build_unlabeled_reader, endless_batch
 from ppkd.engine.evaluator import evaluate
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
+from ppkd.threads import wait_policy_tuner
 
 logger = logging.getLogger('ppkd')
 
@@ -117,7 +118,8 @@ class Trainer:
         if to_static:
             self.train_model = paddle.jit.to_static(self.train_model)
         self.scaler = amp_scaler(self.amp)
-        self.eval_loader = None
+        # Built now so that a bad evaluation set fails before training, not after it.
+        self.eval_loader = build_reader(cfg, 'Eval') if eval else None
         # Distillation on unlabeled images: one unlabeled batch beside each labelled one.
         self.unlabeled_loader = build_unlabeled_reader(cfg) if self.student is not model else None
 
@@ -173,6 +175,7 @@ class Trainer:
         self.model.train()
         unlabeled = None if self.unlabeled_loader is None else endless_batches(self.unlabeled_loader,
                                                                                  self.start_epoch)
+        tuner = wait_policy_tuner(self.cfg)
         for epoch in range(self.start_epoch, self.epochs):
             # Seeding per epoch makes a resumed run draw the same batches.
             seed_everything(self.seed + epoch)
@@ -181,6 +184,8 @@ class Trainer:
                 data_cost = time.perf_counter() - tic
                 iteration = epoch * self.steps_per_epoch + step
                 extra = () if unlabeled is None else (next(unlabeled),)
+                if tuner is not None:
+                    tuner.begin(iteration - self.start_epoch * self.steps_per_epoch)
                 if hasattr(self.model, 'prepare_teacher'):
                     self.model.prepare_teacher(batch, in_program=self.to_static)
                     self.model.begin_step(iteration, total_iters, self.steps_per_epoch)
@@ -204,15 +209,18 @@ class Trainer:
                 if hasattr(self.model, 'end_step'):
                     self.model.end_step(iteration, outputs)
                 batch_cost = time.perf_counter() - tic
+                if tuner is not None:
+                    tuner.end(iteration - self.start_epoch * self.steps_per_epoch, batch_cost)
                 if step % log_iter == 0 or step == self.steps_per_epoch - 1:
                     self._log(epoch, step, outputs, batch_cost, data_cost, len(batch['image']),
                               total_iters - iteration - 1)
                 tic = time.perf_counter()
             last = epoch == self.epochs - 1
             if (epoch + 1) % snapshot == 0 or last:
+                # Saved first: a failing evaluation must not cost the training.
+                self._save('model_final' if last else str(epoch), epoch)
                 if self.do_eval:
                     history.append(self._evaluate(epoch))
-                self._save('model_final' if last else str(epoch), epoch)
         return history
 
     def _diverged(self, what, epoch, iteration):
@@ -225,15 +233,13 @@ class Trainer:
                 raise self._diverged(f'parameter {name} became non-finite', epoch, iteration)
 
     def _evaluate(self, epoch):
-        if self.eval_loader is None:
-            self.eval_loader = build_reader(self.cfg, 'Eval')
         result = evaluate(self.cfg, self.student, self.eval_loader)
         self.model.train()
         result['epoch'] = epoch
         result['iteration'] = (epoch + 1) * self.steps_per_epoch
         self._record({'type': 'eval', **result})
-        logger.info('epoch %d: mAP(0.50, %s) = %.2f%%  per class: %s', epoch,
-                    self.cfg.get('map_type', '11point'), result['mAP'],
+        logger.info('epoch %d: mAP(0.50, %s) = %.2f%% over %d images  per class: %s', epoch,
+                    self.cfg.get('map_type', '11point'), result['mAP'], result['images'],
                     json.dumps({k: round(v, 2) for k, v in result['per_class'].items()}))
         if self.best_map is None or result['mAP'] > self.best_map:
             self.best_map = result['mAP']

@@ -1,0 +1,68 @@
+"""The demo on several seeds: one demo teacher, then the baseline student
+and the distilled student of `make demo` for each seed (same data, same
+teacher), with mean ± std and the paired difference per seed.
+
+    .venv/bin/python bench/demo_seeds.py [--seeds 0 1 2] [-o key=value ...]
+
+Writes bench/results/demo_seeds.{md,json,png}. The teacher and finished
+runs are reused by later runs.
+"""
+import argparse
+import os
+import sys
+
+from common import ROOT, cpu_model, run_student, train_teacher, write
+
+sys.path.insert(0, ROOT)
+from ppkd.data.synthetic import make_shapes_voc  # noqa: E402
+
+DEMO = os.path.join(ROOT, 'configs', 'demo')
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+from demo import DEMO_DATA  # noqa: E402
+
+METHODS = {
+    'no teacher': ('tools/train.py', 'student_yolov3_mobilenet_v1_x0.25.yml', []),
+    'fine-grained': ('slim/distillation/distill.py', 'distill_fine_grained.yml', []),
+    'fine-grained + unlabeled': ('slim/distillation/distill.py', 'distill_unlabeled.yml', []),
+    # The teacher on the unlabeled images only: on labelled ones the ground truth is the better target.
+    'fine-grained, unlabeled images only': ('slim/distillation/distill.py', 'distill_unlabeled.yml',
+                                            ['distill.labeled_weight=0']),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', 'bench_demo_seeds'))
+    p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'demo_seeds'))
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
+    args = p.parse_args()
+    data = os.path.join(args.work_dir, 'shapes')
+    if not os.path.isfile(os.path.join(data, 'unlabeled.txt')):
+        make_shapes_voc(data, **DEMO_DATA)
+    common = [f'dataset_dir={data}']
+    teacher_cfg = os.path.join(DEMO, 'teacher_yolov3_r18.yml')
+    teacher_dir = os.path.join(args.work_dir, 'teacher')
+    teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir, common)
+    settings = {**vars(args), 'cpu': cpu_model(), 'input_size': 128, 'batch_size': 8, 'teacher_epochs': 20,
+                'student_epochs': 10,
+                'data': f'the demo\'s generated shapes ({DEMO_DATA["num_images"]} labelled images: 180 train / 60 test, '
+                        f'{DEMO_DATA["num_unlabeled"]} unlabeled)'}
+    results = {'settings': settings, 'teacher': {'mAP': teacher_eval['mAP'], 'per_class': teacher_eval['per_class'],
+                                                 'train_seconds': teacher_seconds}, 'runs': []}
+    for seed in args.seeds:
+        for method in args.methods:
+            script, cfg, extra = METHODS[method]
+            run_dir = os.path.join(args.work_dir, f'{method.replace(" ", "_").replace(",", "").replace("+", "and")}'
+                                                  f'_seed{seed}')
+            cmd = [script, '-c', os.path.join(DEMO, cfg), '--eval', '--seed', str(seed), '--output_dir', run_dir]
+            if script.startswith('slim'):
+                cmd += ['-t', teacher_cfg, '--teacher_pretrained', os.path.join(teacher_dir, 'model_final.pdparams')]
+            cmd += ['-o', *common, *extra, *args.opt]
+            results['runs'].append(run_student(method, seed, cmd, run_dir, teacher_eval['per_class']))
+            write(results, args.out, 'YOLOv3-R18', 'Demo: YOLOv3-MobileNetV1×0.25 student')
+
+
+if __name__ == '__main__':
+    main()
