@@ -87,6 +87,8 @@ def test_auto_weight_with_warmup_logged_and_kept_on_resume(tiny_voc, tiny_teache
     ('distill.warmup=10', 'unknown key distill.warmup'),
     ('YOLOv3L2Distill.weight=heavy', "YOLOv3L2Distill.weight must be a number or auto, got 'heavy'"),
     ('distill.decay=step', "distill.decay must be cosine, linear or none; got 'step'"),
+    ('YOLOv3L2Distill.weight=-5', 'YOLOv3L2Distill.weight must be finite and ≥ 0, got -5'),
+    ('YOLOv3L2Distill.weight=.inf', 'YOLOv3L2Distill.weight must be finite and ≥ 0, got inf'),
 ])
 def test_bad_schedule_keys_are_one_error_line(tiny_voc, tiny_teacher, tmp_path, capsys, opt, message):
     assert _distill(tiny_teacher, tmp_path, opts=tiny_opts(tiny_voc, opt)) == 2

@@ -62,6 +62,12 @@ def test_unlabeled_batch_adds_distillation_not_detection(tiny_voc, tiny_teacher,
         assert float(with_unlabeled[t + '_unlabeled']) > 0
     extra = sum(float(with_unlabeled[t + '_unlabeled']) for t in terms)
     np.testing.assert_allclose(float(with_unlabeled['loss']) - float(plain['loss']), 2 * 0.5 * extra, rtol=1e-4)
+    # labeled_weight 0: the teacher teaches on the unlabeled images only.
+    model.labeled_weight = 0.
+    only_unlabeled = model(labelled, unlabeled)
+    np.testing.assert_allclose(float(only_unlabeled['loss']) - float(only_unlabeled['det_loss']), 2 * 0.5 * extra,
+                               rtol=1e-4)
+    model.labeled_weight = 1.
     # A different unlabeled batch changes the distillation terms, never the detection loss.
     flipped = dict(unlabeled, image=paddle.flip(unlabeled['image'], axis=[3]))
     other = model(labelled, flipped)

@@ -16,7 +16,14 @@ def build_reader(cfg, mode, dataset=None, batch_size=None):
     reader = cfgmod.build(cfg, f'{mode}Reader')
     if batch_size:
         reader.batch_size = int(batch_size)
-    reader = reader(cfg[f'{mode}Dataset'] if dataset is None else dataset, cfg.get('worker_num', 0))
+    dataset = cfg[f'{mode}Dataset'] if dataset is None else dataset
+    if mode == 'Eval':
+        # A figure over the whole test list: ppdet's EvalReader drops the last
+        # incomplete batch, and VOC parsing skips images without objects
+        # (whose false positives must count).
+        reader.drop_last = False
+        dataset.allow_empty = True
+    reader = reader(dataset, cfg.get('worker_num', 0))
     eager = getattr(reader, 'loader', None)
     if eager is not None and hasattr(eager, '_try_shutdown_all'):
         eager._try_shutdown_all()

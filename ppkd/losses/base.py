@@ -20,8 +20,8 @@ class DistillLoss(nn.Layer):
     loss that is mixed with soft labels.
 
     `weight` is a number or `'auto'` (calibrated against the detection loss
-    in the first iterations, see `ppkd.balancing`); it is kept in the loss's
-    state, so a resumed run keeps a calibrated weight. `step_weight` is the
+    in the first iterations, see `ppkd.balancing`); a calibrated weight is
+    kept in the loss's state, so a resumed run keeps it. `step_weight` is the
     weight of the current step (the schedule applied), a tensor so that a
     compiled step reads the new value every iteration.
 
@@ -35,22 +35,27 @@ class DistillLoss(nn.Layer):
         super().__init__()
         self.auto_weight = weight == 'auto'
         try:
-            initial = 0. if self.auto_weight else float(weight)
+            self._fixed_weight = 0. if self.auto_weight else float(weight)
         except (TypeError, ValueError):
             raise PPKDError(f'{type(self).__name__}.weight must be a number or auto, got {weight!r}') from None
-        self.register_buffer('base_weight', paddle.full([], initial, 'float32'), persistable=True)
-        self.register_buffer('step_weight', paddle.full([], initial, 'float32'), persistable=False)
+        if not 0. <= self._fixed_weight < float('inf'):
+            raise PPKDError(f'{type(self).__name__}.weight must be finite and ≥ 0, got {weight!r}')
+        if self.auto_weight:  # kept in the checkpoint; a number comes from the config, also on resume
+            self.register_buffer('calibrated_weight', paddle.full([], 0., 'float32'), persistable=True)
+        self.register_buffer('step_weight', paddle.full([], self._fixed_weight, 'float32'), persistable=False)
         self.student_layers = list(student_layers)
         self.teacher_layers = list(teacher_layers)
         self.det_loss_scale = {}
 
     @property
     def weight(self):
-        return float(self.base_weight)
+        return float(self.calibrated_weight) if self.auto_weight else self._fixed_weight
 
     @weight.setter
     def weight(self, value):
-        self.base_weight.set_value(paddle.full([], float(value), 'float32'))
+        if not self.auto_weight:
+            raise PPKDError(f'{type(self).__name__}: only a weight: auto is calibrated')
+        self.calibrated_weight.set_value(paddle.full([], float(value), 'float32'))
 
     @property
     def calibrated(self):
