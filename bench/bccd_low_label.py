@@ -27,7 +27,7 @@ def main():
                            batch_size=8, teacher_epochs=50, student_epochs=24, seeds=[0, 1, 2], methods=METHODS,
                            labeled_fraction=0.25).parse_args()
     run_comparison(args, CFG, 'teacher_yolov3_r18.yml', 'teacher_r18', METHODS, 'YOLOv3-R18',
-                   'BCCD, 25 % labelled: YOLOv3-MobileNetV1 student')
+                   'BCCD, 25 % labelled: YOLOv3-MobileNetV1×0.5 student (light neck)')
 
 
 if __name__ == '__main__':

@@ -104,7 +104,7 @@ def run_student(method, seed, cmd, out, classes):
     seconds, error = run_once(cmd, out)
     evals, train = read_metrics(out)
     final = evals[-1] if evals and not error else {'mAP': 0., 'per_class': {c: 0. for c in classes}}
-    result = {'method': method, 'seed': seed, 'mAP': final['mAP'], 'error': error,
+    result = {'method': method, 'seed': seed, 'mAP': final['mAP'], 'error': error, 'images': final.get('images'),
               'best_mAP': max([e['mAP'] for e in evals] or [0.]), 'per_class': final['per_class'],
               'train_seconds': seconds, 'curve': [(e['iteration'], e['mAP']) for e in evals],
               'losses': {when: {k: v for k, v in train[i].items() if k.startswith(('det_loss', 'distill', 'loss'))}
@@ -228,7 +228,9 @@ def write(results, out, teacher_label, title, baseline='no teacher'):
             f'teacher {s["teacher_epochs"]} epochs, students {s["student_epochs"]} epochs, from scratch, '
             'VOC mAP@0.5 11-point (%), last snapshot; per-class AP is the mean over seeds. Same seed = same '
             'student initialisation and labelled data order in every arm. Gain: mean paired Δ > 2 × its '
-            'standard error, or Δ > 0 on every seed (≥ 3 seeds). CPU: ' + s.get('cpu', '?') + '.\n')
+            'standard error, or Δ > 0 on every seed (≥ 3 seeds). Test images scored per run: '
+            + ', '.join(str(n) for n in sorted({r.get('images') for r in results['runs']}, key=str))
+            + '. CPU: ' + s.get('cpu', '?') + '.\n')
     atomic_write_text(out + '.md', '\n'.join(lines) + '\n' + note)
     atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
     import matplotlib
