@@ -4,11 +4,14 @@ teacher), with mean ± std and the paired difference per seed.
 
     .venv/bin/python bench/demo_seeds.py [--seeds 0 1 2] [-o key=value ...]
 
-Writes bench/results/demo_seeds.{md,json,png}. The teacher and finished
-runs are reused by later runs.
+Writes bench/results/demo_seeds.{md,json,png}; the final mAP of every run
+is scored over the whole test list by tools/eval.py. The teacher and
+finished runs are reused by later runs.
 """
 import argparse
+import json
 import os
+import subprocess
 import sys
 
 from common import ROOT, cpu_model, run_student, train_teacher, write
@@ -30,6 +33,23 @@ METHODS = {
 }
 
 
+def final_scores(cfg, run_dir, data):
+    """The run's final weights scored by tools/eval.py with today's evaluator
+    (every test image), cached beside the run: runs made before the
+    evaluator scored the last incomplete batch compare like with like."""
+    cache = os.path.join(run_dir, 'final_eval.json')
+    if not os.path.isfile(cache):
+        out = subprocess.run([sys.executable, 'tools/eval.py', '-c', cfg, '--json', '-o', f'dataset_dir={data}',
+                              f'weights={os.path.join(run_dir, "model_final.pdparams")}'],
+                             capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f'error: scoring {run_dir} failed: {out.stderr.strip().splitlines()[-1:]}')
+        with open(cache, 'w') as f:
+            f.write(out.stdout.strip().splitlines()[-1])
+    with open(cache) as f:
+        return json.load(f)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', 'bench_demo_seeds'))
@@ -37,6 +57,8 @@ def main():
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
+    p.add_argument('--reuse_only', action='store_true',
+                   help='tabulate the finished runs only; start none (arms may then have fewer seeds)')
     args = p.parse_args()
     data = os.path.join(args.work_dir, 'shapes')
     if not os.path.isfile(os.path.join(data, 'unlabeled.txt')):
@@ -45,6 +67,7 @@ def main():
     teacher_cfg = os.path.join(DEMO, 'teacher_yolov3_r18.yml')
     teacher_dir = os.path.join(args.work_dir, 'teacher')
     teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir, common)
+    teacher_eval = final_scores(teacher_cfg, teacher_dir, data)
     settings = {**vars(args), 'cpu': cpu_model(), 'input_size': 128, 'batch_size': 8, 'teacher_epochs': 20,
                 'student_epochs': 10,
                 'data': f'the demo\'s generated shapes ({DEMO_DATA["num_images"]} labelled images: 180 train / 60 test, '
@@ -60,7 +83,15 @@ def main():
             if script.startswith('slim'):
                 cmd += ['-t', teacher_cfg, '--teacher_pretrained', os.path.join(teacher_dir, 'model_final.pdparams')]
             cmd += ['-o', *common, *extra, *args.opt]
-            results['runs'].append(run_student(method, seed, cmd, run_dir, teacher_eval['per_class']))
+            if args.reuse_only and not os.path.isfile(os.path.join(run_dir, 'bench_run.json')):
+                continue
+            result = run_student(method, seed, cmd, run_dir, teacher_eval['per_class'])
+            if not result['error']:
+                final = final_scores(os.path.join(DEMO, cfg), run_dir, data)
+                result.update(mAP=final['mAP'], per_class=final['per_class'], images=final['images'])
+                if result['curve']:
+                    result['curve'][-1] = (result['curve'][-1][0], final['mAP'])
+            results['runs'].append(result)
             write(results, args.out, 'YOLOv3-R18', 'Demo: YOLOv3-MobileNetV1×0.25 student')
 
 
