@@ -150,7 +150,6 @@ def cpu_model():
     return f'{name}, {os.cpu_count()} cores, {" ".join(extensions) or "no AVX2"}'
 
 
-
 def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_label, title, warmup_steps=50):
     """Train (or reuse) the teacher, then every method × seed, seed by seed
     so a cut-short run still compares every method; `methods` maps a name to

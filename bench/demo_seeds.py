@@ -11,17 +11,18 @@ finished runs are reused by later runs.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 from common import ROOT, cpu_model, run_student, train_teacher, write
 
 sys.path.insert(0, ROOT)
+from ppkd.cli import main_guard  # noqa: E402
 from ppkd.data.synthetic import make_shapes_voc  # noqa: E402
+from ppkd.utils import atomic_write_text  # noqa: E402
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
-from demo import DEMO_DATA  # noqa: E402
+from demo import DEMO_DATA, evaluate_run  # noqa: E402
 
 METHODS = {
     'no teacher': ('tools/train.py', 'student_yolov3_mobilenet_v1_x0.25.yml', []),
@@ -39,17 +40,14 @@ def final_scores(cfg, run_dir, data):
     evaluator scored the last incomplete batch compare like with like."""
     cache = os.path.join(run_dir, 'final_eval.json')
     if not os.path.isfile(cache):
-        out = subprocess.run([sys.executable, 'tools/eval.py', '-c', cfg, '--json', '-o', f'dataset_dir={data}',
-                              f'weights={os.path.join(run_dir, "model_final.pdparams")}'],
-                             capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            sys.exit(f'error: scoring {run_dir} failed: {out.stderr.strip().splitlines()[-1:]}')
-        with open(cache, 'w') as f:
-            f.write(out.stdout.strip().splitlines()[-1])
+        result = evaluate_run(cfg, os.path.join(run_dir, 'model_final.pdparams'), [f'dataset_dir={data}'],
+                              run_dir + '.final_eval.log')
+        atomic_write_text(cache, json.dumps(result))
     with open(cache) as f:
         return json.load(f)
 
 
+@main_guard
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', 'bench_demo_seeds'))

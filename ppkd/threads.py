@@ -14,6 +14,7 @@ A user's own KMP_BLOCKTIME (or `cpu_wait: spin` / `cpu_wait: sleep` in the
 config) is kept as it is.
 """
 import ctypes
+import functools
 import logging
 import os
 import statistics
@@ -26,6 +27,7 @@ DEFAULT_BLOCKTIME_MS = 200  # Intel OpenMP's default
 POLICIES = {'spin': DEFAULT_BLOCKTIME_MS, 'sleep': 0}
 
 
+@functools.lru_cache(maxsize=None)
 def _openmp():
     path = os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so')
     if not os.path.isfile(path):

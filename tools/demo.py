@@ -38,7 +38,8 @@ def _run(args, log_path):
     return time.time() - start
 
 
-def _evaluate(cfg, weights, opts, log_path):
+def evaluate_run(cfg, weights, opts, log_path):
+    """`tools/eval.py --json` on `weights`, its output kept in `log_path`."""
     out = subprocess.run([sys.executable, 'tools/eval.py', '-c', cfg, '--json', '-o', *opts, f'weights={weights}'],
                          capture_output=True, text=True, cwd=ROOT)
     with open(log_path, 'w') as f:
@@ -96,7 +97,7 @@ def main(argv=None):
         run_dir = os.path.join(out, name.split()[0])
         print(f'training the {name} ({os.path.relpath(cfg, ROOT)}), log: {run_dir}.log', flush=True)
         seconds = _run(cmd + ['--output_dir', run_dir, '--seed', str(args.seed), '-o', *opts], run_dir + '.log')
-        result = _evaluate(cfg, os.path.join(run_dir, 'model_final.pdparams'), opts, run_dir + '.eval.log')
+        result = evaluate_run(cfg, os.path.join(run_dir, 'model_final.pdparams'), opts, run_dir + '.eval.log')
         result.update(model=name, train_seconds=seconds)
         rows.append(result)
         print(f'  {name}: mAP {result["mAP"]:.2f}% in {seconds:.0f} s', flush=True)

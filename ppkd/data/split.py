@@ -64,6 +64,15 @@ def _read_ids(path):
         return [line.split()[0] for line in f if line.strip()]
 
 
+def _draw(stems, share, seed):
+    """`stems` split at random (`seed`) into `share` of them and the rest,
+    each side keeping at least one; both sorted."""
+    drawn = sorted(stems)
+    random.Random(seed).shuffle(drawn)
+    n = min(max(1, round(len(drawn) * share)), len(drawn) - 1)
+    return sorted(drawn[:n]), sorted(drawn[n:])
+
+
 def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
               image_dir='JPEGImages', anno_dir='Annotations', labeled_fraction=None):
     """Write trainval.txt, test.txt and label_list.txt; return a summary.
@@ -92,16 +101,10 @@ def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
                     skipped.setdefault(s, 'listed in ImageSets but not usable')
         trainval, test = split[imagesets[0]], split[imagesets[1]]
     else:
-        stems = sorted(samples)
-        random.Random(seed).shuffle(stems)
-        n_train = min(max(1, round(len(stems) * ratio)), len(stems) - 1)
-        trainval, test = sorted(stems[:n_train]), sorted(stems[n_train:])
+        trainval, test = _draw(samples, ratio, seed)
     unlabeled = []
     if labeled_fraction is not None:
-        drawn = list(trainval)
-        random.Random(seed).shuffle(drawn)
-        n_labeled = min(max(1, round(len(drawn) * labeled_fraction)), len(drawn) - 1)
-        trainval, unlabeled = sorted(drawn[:n_labeled]), sorted(drawn[n_labeled:])
+        trainval, unlabeled = _draw(trainval, labeled_fraction, seed)
     out_dir = out_dir or root
     os.makedirs(out_dir, exist_ok=True)
     # List lines are relative to the folder holding the lists (ppdet's

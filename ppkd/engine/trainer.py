@@ -184,8 +184,10 @@ class Trainer:
                 data_cost = time.perf_counter() - tic
                 iteration = epoch * self.steps_per_epoch + step
                 extra = () if unlabeled is None else (next(unlabeled),)
+                # The tuner counts this run's iterations (a resumed run measures afresh).
+                run_iteration = iteration - self.start_epoch * self.steps_per_epoch
                 if tuner is not None:
-                    tuner.begin(iteration - self.start_epoch * self.steps_per_epoch)
+                    tuner.begin(run_iteration)
                 if hasattr(self.model, 'prepare_teacher'):
                     self.model.prepare_teacher(batch, in_program=self.to_static)
                     self.model.begin_step(iteration, total_iters, self.steps_per_epoch)
@@ -210,7 +212,7 @@ class Trainer:
                     self.model.end_step(iteration, outputs)
                 batch_cost = time.perf_counter() - tic
                 if tuner is not None:
-                    tuner.end(iteration - self.start_epoch * self.steps_per_epoch, batch_cost)
+                    tuner.end(run_iteration, batch_cost)
                 if step % log_iter == 0 or step == self.steps_per_epoch - 1:
                     self._log(epoch, step, outputs, batch_cost, data_cost, len(batch['image']),
                               total_iters - iteration - 1)
