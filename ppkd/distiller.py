@@ -152,11 +152,11 @@ class Distiller(nn.Layer):
         for loss, weight in self.balance.observe(iteration, value('det_loss'), terms).items():
             loss.weight = weight
 
-    def _add_terms(self, outputs, total, suffix='', scale=1.):
+    def _add_terms(self, outputs, total, inputs, suffix='', scale=1.):
         for loss in self.distill_losses:
             if suffix and loss.needs_ground_truth:
                 continue
-            terms = loss(self.student_recorder.outputs, self.teacher_recorder.outputs)
+            terms = loss(self.student_recorder.outputs, self.teacher_recorder.outputs, inputs)
             self._term_names.setdefault(id(loss), ([], []))[1 if suffix else 0][:] = [n + suffix for n in terms]
             for name, value in terms.items():
                 outputs[name + suffix] = value
@@ -195,7 +195,7 @@ class Distiller(nn.Layer):
         with paddle.no_grad():
             self.run_teacher(inputs)
         det_loss = self._detection_loss(outputs)
-        total = self._add_terms(outputs, det_loss, scale=self.labeled_weight)
+        total = self._add_terms(outputs, det_loss, inputs, scale=self.labeled_weight)
         if unlabeled is not None:
             self.student_recorder.clear()
             self.teacher_recorder.clear()
@@ -203,7 +203,7 @@ class Distiller(nn.Layer):
             self._student_image_part(self.student, unlabeled, self.student_recorder.names)
             with paddle.no_grad():
                 self.run_teacher(unlabeled, image_part_only=True)
-            total = self._add_terms(outputs, total, '_unlabeled', self.unlabeled_weight)
+            total = self._add_terms(outputs, total, unlabeled, '_unlabeled', self.unlabeled_weight)
         for loss in self.distill_losses:
             outputs[f'weight_{type(loss).__name__}'] = loss.step_weight
         outputs['det_loss'] = det_loss

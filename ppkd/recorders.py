@@ -3,17 +3,25 @@ apart from the losses that read them (as mmrazor's recorders and
 torchdistill's forward hooks)."""
 import contextlib
 import difflib
+import re
 
 import paddle.nn as nn
 
 from ppkd.errors import PPKDError
 
 
+def split_index(name):
+    """`neck[1]` → ('neck', 1); a name without an index → (name, None)."""
+    match = re.fullmatch(r'(.+)\[(-?\d+)\]', name)
+    return (match.group(1), int(match.group(2))) if match else (name, None)
+
+
 class OutputRecorder:
     """Records, on every forward, the outputs of named parts of `model`.
 
     A name is a sublayer path (`yolo_head.yolo_output.0`, recorded by a
-    forward hook) or a callable attribute of a sublayer that is not a layer
+    forward hook), such a path with an index (`neck[0]`: element 0 of the
+    list a neck returns, one feature level), or a callable attribute of a sublayer that is not a layer
     itself (`rpn_head.rpn_target_assign`, recorded by wrapping that attribute
     on this model instance only). `outputs[name]` lists the outputs of every
     call since `clear()` — a layer shared across FPN levels is called once
@@ -32,8 +40,9 @@ class OutputRecorder:
         self.names = list(dict.fromkeys(names))
         self._undo = []
         for name in self.names:
-            if name in layers and name:
-                handle = layers[name].register_forward_post_hook(self._hook(name))
+            path, index = split_index(name)
+            if path in layers and path:
+                handle = layers[path].register_forward_post_hook(self._hook(name, index))
                 self._undo.append(handle.remove)
                 continue
             owner_name, _, attr = name.rpartition('.')
@@ -45,10 +54,10 @@ class OutputRecorder:
                 raise PPKDError(f'{role} has no layer named {name!r}{hint}')
             self._wrap(owner, attr, target, name)
 
-    def _hook(self, name):
+    def _hook(self, name, index):
         def record(layer, inputs, output):
             if self.active:
-                self.outputs.setdefault(name, []).append(output)
+                self.outputs.setdefault(name, []).append(output if index is None else output[index])
         return record
 
     def _wrap(self, owner, attr, target, name):

@@ -3,15 +3,24 @@ import os
 import tempfile
 
 
-def atomic_write_text(path, text):
-    """Write `text` to `path` through a temporary file and a rename, so a
-    reader never sees half a file."""
+def _atomic_write(path, data, mode):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp-')
     try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path, text):
+    """Write `text` to `path` through a temporary file and a rename, so a
+    reader never sees half a file."""
+    _atomic_write(path, text, 'w')
+
+
+def atomic_write_bytes(path, data):
+    """`atomic_write_text` for bytes."""
+    _atomic_write(path, data, 'wb')

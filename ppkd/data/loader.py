@@ -8,6 +8,9 @@ seeding, so a run (and a resumed run) sees the same batches every time.
 """
 from ppkd import config as cfgmod
 from ppkd.data.unlabeled import UnlabeledImages, unlabeled_section
+from ppkd.errors import PPKDError
+
+WORKER_ERROR_PREFIX = 'ppkd.errors.PPKDError: '
 
 
 def build_reader(cfg, mode, dataset=None, batch_size=None):
@@ -37,7 +40,26 @@ def epoch_batches(reader, epoch=0):
     reader.dataset.set_epoch(epoch)
     if hasattr(reader._batch_sampler, 'set_epoch'):
         reader._batch_sampler.set_epoch(epoch)
-    return iter(reader.dataloader)
+    return _stopping_workers_on_error(iter(reader.dataloader))
+
+
+def _stopping_workers_on_error(batches):
+    """Yield `batches`; if loading fails, stop the loader's worker processes
+    before the error goes on. Left to Paddle, the exit waits for them
+    without a timeout, and a worker blocked on its queue hangs it forever.
+    A PPKDError from a worker comes back wrapped in the worker's traceback:
+    it goes on as its own one line."""
+    try:
+        yield from batches
+    except Exception as e:
+        for worker in getattr(batches, '_workers', []):
+            worker.terminate()
+        if hasattr(batches, '_try_shutdown_all'):
+            batches._try_shutdown_all(timeout=1)
+        lines = str(e).strip().splitlines()
+        if isinstance(e, PPKDError) and len(lines) > 1 and lines[-1].startswith(WORKER_ERROR_PREFIX):
+            raise PPKDError(lines[-1][len(WORKER_ERROR_PREFIX):]) from None
+        raise
 
 
 def build_unlabeled_reader(cfg):

@@ -3,6 +3,28 @@ import paddle
 import paddle.nn as nn
 
 from ppkd.errors import PPKDError
+from ppkd.recorders import split_index
+
+
+def layer_channels(model, name, loss_name):
+    """Channels that the recorded part `name` of `model` outputs: for an
+    indexed name (`neck[1]`) the layer's `out_shape[1]` (ppdet's necks and
+    backbones declare it), else the layer's last convolution."""
+    path, index = split_index(name)
+    layer = dict(model.named_sublayers()).get(path)
+    if layer is None:
+        raise PPKDError(f'{loss_name}: no layer named {path!r}')
+    if index is not None:
+        shapes = getattr(layer, 'out_shape', None)
+        if shapes is not None and -len(shapes) <= index < len(shapes):
+            return shapes[index].channels
+    else:
+        convs = [layer] + [sub for _, sub in layer.named_sublayers()]
+        convs = [c for c in convs if isinstance(c, nn.Conv2D)]
+        if convs:
+            return convs[-1]._out_channels
+    raise PPKDError(f'{loss_name}: cannot tell how many channels {name!r} outputs; '
+                    f'set {loss_name}.student_channels / teacher_channels')
 
 
 class DistillLoss(nn.Layer):
@@ -10,9 +32,11 @@ class DistillLoss(nn.Layer):
     teacher parts and returns its terms by name.
 
     The distiller records `student_layers` and `teacher_layers` (paths as
-    `named_sublayers()` gives them, or a sublayer's callable attribute, see
-    `OutputRecorder`) and adds `weight · term` for every term to the
-    detection loss. A loss with trainable parts (an adapter) creates them in
+    `named_sublayers()` gives them, one element of a layer's list output, or
+    a sublayer's callable attribute, see `OutputRecorder`) and adds
+    `weight · term` for every term to the detection loss. `forward` also
+    receives the batch the outputs were recorded on (ground-truth boxes,
+    image size), so a loss that needs it takes it from there. A loss with trainable parts (an adapter) creates them in
     `bind`, so they train with the student and are saved beside it.
 
     `det_loss_scale` ({student loss term: factor}) lets a method re-weight the
@@ -71,6 +95,7 @@ class DistillLoss(nn.Layer):
         layer order: (student list, teacher list)."""
         return [student[n][-1] for n in self.student_layers], [teacher[n][-1] for n in self.teacher_layers]
 
-    def forward(self, student, teacher):
-        """`student`/`teacher`: {name: [output of each call]}. Returns {term: loss}."""
+    def forward(self, student, teacher, inputs):
+        """`student`/`teacher`: {name: [output of each call]}; `inputs`: the
+        batch they were recorded on. Returns {term: loss}."""
         raise NotImplementedError

@@ -16,7 +16,7 @@ from ppdet.core.workspace import register
 from ppdet.modeling.bbox_utils import bbox2delta
 
 from ppkd.errors import PPKDError
-from ppkd.losses.base import DistillLoss
+from ppkd.losses.base import DistillLoss, layer_channels
 from ppkd.teacher import STUDENT_ROIS
 
 logger = logging.getLogger('ppkd')
@@ -163,7 +163,7 @@ class FasterRCNNSoftLabel(_FasterRCNNHeadLoss):
         if self.use_rpn:
             self.det_loss_scale['loss_rpn_cls'] = self.mu
 
-    def forward(self, student, teacher):
+    def forward(self, student, teacher, inputs):
         soft = 1 - self.mu
         terms = {'distill_rcnn_soft': soft * weighted_soft_ce(
             student[RCNN_SCORES][-1], teacher[RCNN_SCORES][-1], self.temperature, self.background_weight)}
@@ -188,7 +188,7 @@ class FasterRCNNBoundedRegression(_FasterRCNNHeadLoss):
         super().__init__(weight, rpn_distill_weight, [RCNN_DELTAS], [RPN_DELTAS])
         self.nu, self.margin = float(nu), float(margin)
 
-    def forward(self, student, teacher):
+    def forward(self, student, teacher, inputs):
         rois, labels, boxes = self.rcnn_rows(student)
         fg = paddle.nonzero(paddle.logical_and(labels >= 0, labels < self.num_classes)).flatten()
         fg_labels = paddle.gather(labels, fg)
@@ -204,16 +204,6 @@ class FasterRCNNBoundedRegression(_FasterRCNNHeadLoss):
             terms['distill_rpn_bounded'] = self.rpn_distill_weight * self.nu * bounded_regression(
                 s, t, paddle.gather(targets, pos).detach(), self.margin)
         return terms
-
-
-def _out_channels(layer, name):
-    """Channels a layer outputs: its own or its last convolution's."""
-    convs = [layer] + [sub for _, sub in layer.named_sublayers()]
-    convs = [c for c in convs if isinstance(c, nn.Conv2D)]
-    if not convs:
-        raise PPKDError(f'cannot tell how many channels {name!r} outputs; '
-                        'set FasterRCNNHint.student_channels / teacher_channels')
-    return convs[-1]._out_channels
 
 
 @register
@@ -233,15 +223,11 @@ class FasterRCNNHint(DistillLoss):
 
     def bind(self, student, teacher):
         (s_name,), (t_name,) = self.student_layers, self.teacher_layers
-        s_layers, t_layers = dict(student.named_sublayers()), dict(teacher.named_sublayers())
-        for layers, name, role in ((s_layers, s_name, 'student'), (t_layers, t_name, 'teacher')):
-            if name not in layers:
-                raise PPKDError(f'FasterRCNNHint: the {role} has no layer named {name!r}')
-        s_ch = self.channels[0] or _out_channels(s_layers[s_name], s_name)
-        t_ch = self.channels[1] or _out_channels(t_layers[t_name], t_name)
+        s_ch = self.channels[0] or layer_channels(student, s_name, 'FasterRCNNHint (student)')
+        t_ch = self.channels[1] or layer_channels(teacher, t_name, 'FasterRCNNHint (teacher)')
         self.adapter = nn.Conv2D(s_ch, t_ch, 1)
 
-    def forward(self, student, teacher):
+    def forward(self, student, teacher, inputs):
         (s,), (t,) = self.gather(student, teacher)
         adapted = self.adapter(s)
         if adapted.shape[2:] != t.shape[2:]:

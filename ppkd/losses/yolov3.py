@@ -42,7 +42,7 @@ class YOLOv3L2Distill(DistillLoss):
         super().__init__(weight, student_layers or YOLOV3_HEAD_OUTPUTS,
                          teacher_layers or YOLOV3_HEAD_OUTPUTS)
 
-    def forward(self, student, teacher):
+    def forward(self, student, teacher, inputs):
         return {'distill_l2': yolov3_l2_distill(*self.gather(student, teacher))}
 
 
@@ -123,7 +123,7 @@ class YOLOv3FineGrainedDistill(DistillLoss):
                          teacher_layers or YOLOV3_HEAD_OUTPUTS)
         self.num_classes, self.num_anchors, self.fm_nms = num_classes, num_anchors, bool(fm_nms)
 
-    def forward(self, student, teacher):
+    def forward(self, student, teacher, inputs):
         terms = yolov3_fine_grained_distill(*self.gather(student, teacher), self.num_classes, self.num_anchors,
                                             self.fm_nms)
         return {f'distill_{k}': v for k, v in terms.items()}
