@@ -144,6 +144,24 @@ def test_reader_transform_error_does_not_hang(tiny_voc, tmp_path):
     assert 'shapes_0006.jpg: reader transform failed' in r.stdout
 
 
+@pytest.mark.smoke
+def test_zero_byte_test_image_with_workers_is_one_line_and_exits(tiny_voc, tiny_teacher, tmp_path):
+    """tools/eval.py with worker_num 2 and an empty test image: the worker's
+    error comes back as one line naming the image, and the process exits
+    (it used to wait forever for the workers)."""
+    root = _copy(tiny_voc, tmp_path)
+    with open(os.path.join(root, 'test.txt')) as f:
+        first = f.readline().split()[0]
+    open(os.path.join(root, first), 'wb').close()
+    cfg, weights = tiny_teacher
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), '-c', cfg, '-o',
+                        *tiny_opts(root, 'worker_num=2'), f'weights={weights}'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and first in errors[0] and 'Traceback' not in errors[0]
+
+
 def test_loader_error_needs_the_compat_fix(tiny_voc, tmp_path):
     """Without ppkd's compat fix the same failure blocks forever: the child
     must still be running when the timeout hits."""
