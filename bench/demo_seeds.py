@@ -17,20 +17,20 @@ from common import ROOT, cpu_model, run_student, train_teacher, write
 
 sys.path.insert(0, ROOT)
 from ppkd.cli import main_guard  # noqa: E402
-from ppkd.data.synthetic import make_shapes_voc  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
-from demo import DEMO_DATA, evaluate_run  # noqa: E402
+from demo import DEMO_DATA, DEMO_STUDENT, DEMO_TEACHER, ensure_demo_data, evaluate_run  # noqa: E402
 
 METHODS = {
-    'no teacher': ('tools/train.py', 'student_yolov3_mobilenet_v1_x0.25.yml', []),
+    'no teacher': ('tools/train.py', 'student_yolov3_mobilenet_v1_x0.5.yml', []),
     'fine-grained': ('slim/distillation/distill.py', 'distill_fine_grained.yml', []),
     'fine-grained + unlabeled': ('slim/distillation/distill.py', 'distill_unlabeled.yml', []),
     # The teacher on the unlabeled images only: on labelled ones the ground truth is the better target.
     'fine-grained, unlabeled images only': ('slim/distillation/distill.py', 'distill_unlabeled.yml',
                                             ['distill.labeled_weight=0']),
+    'feature imitation (FGFI)': ('slim/distillation/distill.py', 'distill_fgfi.yml', []),
 }
 
 
@@ -58,18 +58,19 @@ def main():
     p.add_argument('--reuse_only', action='store_true',
                    help='tabulate the finished runs only; start none (arms may then have fewer seeds)')
     args = p.parse_args()
-    data = os.path.join(args.work_dir, 'shapes')
-    if not os.path.isfile(os.path.join(data, 'unlabeled.txt')):
-        make_shapes_voc(data, **DEMO_DATA)
+    data = ensure_demo_data(os.path.join(args.work_dir, 'shapes'))
     common = [f'dataset_dir={data}']
-    teacher_cfg = os.path.join(DEMO, 'teacher_yolov3_r18.yml')
+    teacher_cfg = DEMO_TEACHER
     teacher_dir = os.path.join(args.work_dir, 'teacher')
     teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir, common)
     teacher_eval = final_scores(teacher_cfg, teacher_dir, data)
+    n_test = round(DEMO_DATA['num_images'] * DEMO_DATA['test_ratio'])
     settings = {**vars(args), 'cpu': cpu_model(), 'input_size': 128, 'batch_size': 8, 'teacher_epochs': 20,
-                'student_epochs': 10,
-                'data': f'the demo\'s generated shapes ({DEMO_DATA["num_images"]} labelled images: 180 train / 60 test, '
-                        f'{DEMO_DATA["num_unlabeled"]} unlabeled)'}
+                'student_epochs': 10, 'teacher': os.path.relpath(teacher_cfg, ROOT),
+                'student': os.path.relpath(DEMO_STUDENT, ROOT),
+                'data': f'the demo\'s generated shapes ({DEMO_DATA["num_images"]} labelled images: '
+                        f'{DEMO_DATA["num_images"] - n_test} train / {n_test} test, '
+                        f'{DEMO_DATA["num_unlabeled"]} unlabeled, objects ≥ {DEMO_DATA["min_size"]} px of 160)'}
     results = {'settings': settings, 'teacher': {'mAP': teacher_eval['mAP'], 'per_class': teacher_eval['per_class'],
                                                  'train_seconds': teacher_seconds}, 'runs': []}
     for seed in args.seeds:
@@ -90,7 +91,7 @@ def main():
                 if result['curve']:
                     result['curve'][-1] = (result['curve'][-1][0], final['mAP'])
             results['runs'].append(result)
-            write(results, args.out, 'YOLOv3-R18', 'Demo: YOLOv3-MobileNetV1×0.25 student')
+            write(results, args.out, 'YOLOv3-MobileNetV1', 'Demo: YOLOv3-MobileNetV1×0.5 student')
 
 
 if __name__ == '__main__':

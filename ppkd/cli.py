@@ -21,7 +21,9 @@ def train_parser(description):
 
 
 def main_guard(fn):
-    """Run `fn`; a PPKDError becomes `error: ...` on stderr and exit 2."""
+    """Run `fn`; a PPKDError becomes `error: ...` on stderr and exit 2,
+    Ctrl-C one line and exit 130 (checkpoints are written whole or not at
+    all, so the last complete one stays)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -29,4 +31,7 @@ def main_guard(fn):
         except PPKDError as e:
             print(f'error: {e}', file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print('error: interrupted (Ctrl-C); the last complete checkpoint is kept', file=sys.stderr)
+            sys.exit(130)
     return wrapper

@@ -6,11 +6,14 @@ cannot hold a student and a teacher at once. ppkd loads each config into
 its own dict and activates one at a time around `create` calls.
 """
 import contextlib
+import difflib
+import inspect
 import os
 
 import yaml
 
 from ppdet.core import workspace
+from ppdet.core.config.schema import SchemaDict
 from ppdet.core.workspace import AttrDict, create  # noqa: F401  (re-exported for callers)
 
 from ppkd import compat
@@ -19,6 +22,10 @@ import ppkd.losses  # noqa: F401  registers the distillation losses
 from ppkd.errors import PPKDError
 
 DATASET_KEYS = ('TrainDataset', 'EvalDataset', 'TestDataset')
+# The `**kwargs` of these constructors that ppdet reads (DetDataset.set_kwargs).
+KWARGS_READ = {'BaseDataLoader': ('mixup_epoch', 'cutmix_epoch', 'mosaic_epoch', 'pre_img_epoch')}
+# Top-level keys a command line may add that a config file need not hold.
+COMMAND_LINE_KEYS = ('weights', 'use_fine_grained_loss', 'distill', 'use_gpu', 'use_vdl', 'vdl_log_dir')
 
 compat.apply()
 
@@ -42,11 +49,43 @@ def parse_overrides(items):
     return result
 
 
+def _known_fields(module):
+    """The keys a registered module's constructor takes, or None when it
+    takes any (`**kwargs` all the way up)."""
+    cls = getattr(module.pymodule, module.name, None)
+    names = set()
+    for klass in (cls.__mro__ if cls is not None else ()):
+        if klass is object or '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {'self'}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+        if klass.__name__ in KWARGS_READ:
+            return names | set(KWARGS_READ[klass.__name__])
+    return None
+
+
+def _refuse_unknown(key, where, candidates, what):
+    near = difflib.get_close_matches(key, sorted(candidates), n=1)
+    hint = f' (did you mean {near[0]}?)' if near else ''
+    raise PPKDError(f'override {where}: unknown {what} {key!r}{hint}')
+
+
 def _merge(target, overrides, path=''):
     """Merge nested overrides into a loaded config; reaches into objects that
-    YAML tags built (e.g. `TrainDataset.dataset_dir`) instead of replacing them."""
+    YAML tags built (e.g. `TrainDataset.dataset_dir`) instead of replacing them.
+    A key that nothing reads is refused: a new top-level key, or a key a
+    registered module's constructor does not take."""
     for key, value in overrides.items():
         where = f'{path}{key}'
+        if not path and key not in target and key not in COMMAND_LINE_KEYS:
+            _refuse_unknown(key, where, [k for k in target if not isinstance(target[k], SchemaDict)]
+                            + list(COMMAND_LINE_KEYS), 'top-level key')
+        if isinstance(target, SchemaDict) and key not in target:
+            known = _known_fields(target)
+            if known is not None and key not in known:
+                _refuse_unknown(key, where, known, f'{target.name} key')
         if isinstance(target, dict):
             current = target.get(key)
             if isinstance(value, dict) and current is not None and not isinstance(current, (int, float, str, list)):
@@ -110,13 +149,26 @@ def _apply_input_size(cfg):
             spec['inputs_def']['image_shape'] = [3, size, size]
 
 
-def _apply_dataset_dir(cfg):
-    """ppkd's `dataset_dir` key: one root for all three data sets."""
+def _apply_dataset_dir(cfg, overrides):
+    """ppkd's `dataset_dir` key: one root for all three data sets, except
+    one whose own `<Dataset>.dataset_dir` the command line sets (the more
+    specific key wins, as in PaddleDetection)."""
     root = cfg.get('dataset_dir')
     if root:
         for key in DATASET_KEYS:
-            if key in cfg and hasattr(cfg[key], 'dataset_dir'):
+            given = isinstance(overrides.get(key), dict) and 'dataset_dir' in overrides[key]
+            if key in cfg and hasattr(cfg[key], 'dataset_dir') and not given:
                 cfg[key].dataset_dir = root
+
+
+def _check_counts(cfg):
+    """Counts that must be positive integers (0 or a string would train
+    nothing, or fail deep inside ppdet)."""
+    checks = [('epoch', cfg.get('epoch'))]
+    checks += [(f'{r}.batch_size', (cfg.get(r) or {}).get('batch_size')) for r in ('TrainReader', 'EvalReader')]
+    for key, value in checks:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PPKDError(f'{cfg["config_path"]}: {key} must be a positive integer, got {value!r}')
 
 
 def load_config(path, overrides=None):
@@ -133,7 +185,8 @@ def load_config(path, overrides=None):
     cfg['filename'] = os.path.splitext(os.path.basename(path))[0]
     cfg['config_path'] = path
     _apply_input_size(cfg)
-    _apply_dataset_dir(cfg)
+    _apply_dataset_dir(cfg, overrides or {})
+    _check_counts(cfg)
     if 'architecture' not in cfg:
         raise PPKDError(f'{path}: no "architecture" key (is this a model config?)')
     return cfg

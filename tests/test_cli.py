@@ -10,7 +10,7 @@ import pytest
 from conftest import BCCD, CONFIGS, ROOT, run_script, tiny_opts
 
 DISTILL = os.path.join(CONFIGS, 'demo', 'distill_l2.yml')
-STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.25.yml')
+STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.5.yml')
 
 
 def _distill(teacher, out, *extra, opts=()):
@@ -158,3 +158,37 @@ def test_eval_set_checked_before_training(tiny_voc, tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f'error: list file not found: {data}/test.txt'
     assert not os.path.exists(out / 'metrics.jsonl')
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_partial_file(tiny_voc, tmp_path):
+    """SIGINT in the middle of training: exit 130, one `error:` line, no
+    traceback, and no temporary or half-written file in the output folder."""
+    out = tmp_path / 'run'
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tools', 'train.py'), '-c', STUDENT,
+                             '--output_dir', str(out), '-o', *tiny_opts(tiny_voc, 'epoch=500', 'snapshot_epoch=1')],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if 'Epoch: [2]' in line:  # checkpoints of epochs 0 and 1 are written by now
+            proc.send_signal(2)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    text = ''.join(lines) + rest
+    assert proc.returncode == 130, text[-2000:]
+    assert text.count('error: interrupted') == 1 and 'Traceback' not in text
+    names = os.listdir(out)
+    assert 'model_final.pdparams' not in names and not [n for n in names if n.startswith('.tmp')]
+
+
+def test_resume_refuses_a_state_saved_with_other_weights(tiny_voc, tmp_path, capsys):
+    """An interruption between the .pdstate and the .pdparams renames leaves
+    one epoch's state beside another's weights: resuming says so."""
+    out = tmp_path / 'run'
+    opts = tiny_opts(tiny_voc, 'epoch=2', 'snapshot_epoch=1')
+    assert run_script('tools/train.py', ['-c', STUDENT, '--output_dir', str(out), '-o', *opts]) == 0
+    os.replace(out / 'model_final.pdstate', out / '0.pdstate')  # the last epoch's state, epoch 0's weights
+    code = run_script('tools/train.py', ['-c', STUDENT, '--output_dir', str(tmp_path / 'r'), '-r', str(out / '0'),
+                                         '-o', *opts])
+    assert code == 2
+    assert 'was not saved with' in capsys.readouterr().err

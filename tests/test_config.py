@@ -1,4 +1,5 @@
 import glob
+import re
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from ppkd.errors import PPKDError
 
 from conftest import CONFIGS
 
-STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.25.yml')
+STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.5.yml')
 
 
 def test_parse_overrides_nested_and_typed():
@@ -66,9 +67,9 @@ def test_override_reaches_dataset_object_and_rejects_unknown_field():
 
 
 def test_configs_are_isolated():
-    a = cfgmod.load_config(STUDENT, ['MobileNet.scale=0.5'])
+    a = cfgmod.load_config(STUDENT, ['MobileNet.scale=0.25'])
     b = cfgmod.load_config(STUDENT)
-    assert a['MobileNet']['scale'] == 0.5 and b['MobileNet']['scale'] == 0.25
+    assert a['MobileNet']['scale'] == 0.25 and b['MobileNet']['scale'] == 0.5
 
 
 def test_loading_leaves_ppdet_registry_untouched():
@@ -100,3 +101,30 @@ def test_shipped_configs_load_and_name_known_losses(path):
     assert cfg['num_classes'] and cfg['TrainDataset'].dataset_dir == cfg['dataset_dir']
     for name in (cfg.get('distill') or {}).get('losses', []):
         assert name in workspace.get_registered_modules(), name
+
+
+@pytest.mark.parametrize('override, message', [
+    ('epcoh=3', "unknown top-level key 'epcoh' (did you mean epoch?)"),
+    ('TrainReader.batchsize=4', "unknown TrainReader key 'batchsize' (did you mean batch_size?)"),
+    ('YOLOv3Loss.ignore_threshhold=0.5', "unknown YOLOv3Loss key 'ignore_threshhold' (did you mean ignore_thresh?)"),
+    ('epoch=0', 'epoch must be a positive integer, got 0'),
+    ('TrainReader.batch_size=0', 'TrainReader.batch_size must be a positive integer, got 0'),
+    ('EvalReader.batch_size=two', "EvalReader.batch_size must be a positive integer, got 'two'"),
+])
+def test_overrides_that_nothing_would_read_or_that_train_nothing_are_refused(override, message):
+    with pytest.raises(PPKDError, match=re.escape(message)):
+        cfgmod.load_config(STUDENT, [override])
+
+
+def test_keys_ppdet_reads_through_kwargs_and_command_line_keys_pass():
+    cfg = cfgmod.load_config(STUDENT, ['TrainReader.use_shared_memory=false', 'TrainReader.mixup_epoch=3',
+                                       'weights=w.pdparams', 'distill.losses=[YOLOv3L2Distill]'])
+    assert cfg['TrainReader']['mixup_epoch'] == 3 and cfg['weights'] == 'w.pdparams'
+
+
+def test_a_datasets_own_dataset_dir_wins_over_the_top_level_one():
+    """PaddleDetection's way (`-o TrainDataset.dataset_dir=X`) is the more
+    specific key: the config file's top-level dataset_dir must not undo it."""
+    cfg = cfgmod.load_config(STUDENT, ['TrainDataset.dataset_dir=/data/train', 'EvalDataset.dataset_dir=/data/eval'])
+    assert cfg['TrainDataset'].dataset_dir == '/data/train' and cfg['EvalDataset'].dataset_dir == '/data/eval'
+    assert cfg['TestDataset'].dataset_dir == cfg['dataset_dir']

@@ -135,7 +135,7 @@ def test_reader_transform_error_does_not_hang(tiny_voc, tmp_path):
     root = _copy(tiny_voc, tmp_path)
     open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg')
     code = ('import ppkd, sys\nfrom ppkd import config as C\nfrom ppkd.errors import PPKDError\n'
-            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.25.yml")!r}, '
+            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.5.yml")!r}, '
             f'{tiny_opts(root)!r} + ["TrainReader.shuffle=false"])\n'
             'loader = C.build(cfg, "TrainReader")(cfg["TrainDataset"], 0)\n'
             'try:\n    [b for b in loader]\nexcept PPKDError as e:\n    print("CAUGHT", e); sys.exit(3)\n')
@@ -168,7 +168,7 @@ def test_loader_error_needs_the_compat_fix(tiny_voc, tmp_path):
     root = _copy(tiny_voc, tmp_path)
     open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg')
     code = ('import ppkd, sys\nfrom ppkd import compat\ncompat.FIXES.clear()\nfrom ppkd import config as C\n'
-            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.25.yml")!r}, '
+            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.5.yml")!r}, '
             f'{tiny_opts(root)!r} + ["TrainReader.shuffle=false"])\n'
             'loader = C.build(cfg, "TrainReader")(cfg["TrainDataset"], 0)\n[b for b in loader]\n')
     with pytest.raises(subprocess.TimeoutExpired):
@@ -191,6 +191,6 @@ def test_evaluation_scores_every_listed_image(tiny_voc, tmp_path):
     with open(os.path.join(root, 'test.txt')) as f:
         listed = sum(1 for line in f if line.strip())
     assert listed == 5
-    cfg = cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.25.yml'),
+    cfg = cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.5.yml'),
                              tiny_opts(root, 'EvalReader.batch_size=3'))
     assert evaluate(cfg, build_model(cfg))['images'] == 5

@@ -11,6 +11,7 @@ tools/eval.py) in its own process, exactly as a user would.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +24,29 @@ from ppkd.utils import atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, 'configs', 'demo')
-# The generated set: labelled train/test images and unlabeled ones of the same kind.
-DEMO_DATA = {'num_images': 240, 'num_unlabeled': 720}
+# The generated set: 480 labelled images (half train, half test: a test set
+# large enough that seeds differ by what they learnt, not by which test
+# images they hit), 720 unlabeled ones of the same kind; objects of at
+# least 24 px (of 160), which a small student can learn in minutes.
+DEMO_DATA = {'num_images': 480, 'test_ratio': 0.5, 'min_size': 24, 'num_unlabeled': 720}
+DEMO_TEACHER = os.path.join(DEMO, 'teacher_yolov3_mobilenet_v1.yml')
+DEMO_STUDENT = os.path.join(DEMO, 'student_yolov3_mobilenet_v1_x0.5.yml')
+DEMO_DISTILL = os.path.join(DEMO, 'distill_unlabeled.yml')
+
+
+def ensure_demo_data(root):
+    """The generated set in `root`, made anew when missing or made with other
+    settings than DEMO_DATA (recorded in its generator.json)."""
+    record = os.path.join(root, 'generator.json')
+    if os.path.isfile(record):
+        with open(record) as f:
+            if json.load(f) == DEMO_DATA:
+                return root
+        shutil.rmtree(root)
+    make_shapes_voc(root, **DEMO_DATA)
+    atomic_write_text(record, json.dumps(DEMO_DATA))
+    print(f'generated the shapes data set in {root}')
+    return root
 
 
 def _run(args, log_path):
@@ -71,9 +93,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--dataset_dir', default=None,
                    help='a VOC folder with trainval.txt, test.txt, label_list.txt (default: generate the shapes set)')
-    p.add_argument('-t', '--teacher', default=os.path.join(DEMO, 'teacher_yolov3_r18.yml'))
-    p.add_argument('-s', '--student', default=os.path.join(DEMO, 'student_yolov3_mobilenet_v1_x0.25.yml'))
-    p.add_argument('-d', '--distill', default=os.path.join(DEMO, 'distill_unlabeled.yml'))
+    p.add_argument('-t', '--teacher', default=DEMO_TEACHER)
+    p.add_argument('-s', '--student', default=DEMO_STUDENT)
+    p.add_argument('-d', '--distill', default=DEMO_DISTILL)
     p.add_argument('--seed', type=int, default=0, help='seed of all three runs')
     p.add_argument('--output_dir', default=os.path.join(ROOT, 'output', 'demo'))
     p.add_argument('-o', '--opt', nargs='*', default=[], help='overrides for all three runs')
@@ -82,10 +104,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     data = args.dataset_dir
     if data is None:
-        data = os.path.join(ROOT, 'dataset', 'demo_shapes')
-        if not os.path.isfile(os.path.join(data, 'unlabeled.txt')):
-            make_shapes_voc(data, **DEMO_DATA)
-            print(f'generated the shapes data set in {data}')
+        data = ensure_demo_data(os.path.join(ROOT, 'dataset', 'demo_shapes'))
     opts = [f'dataset_dir={os.path.abspath(data)}', *args.opt]
     plan = [('teacher', args.teacher, ['tools/train.py', '-c', args.teacher]),
             ('baseline student', args.student, ['tools/train.py', '-c', args.student]),
