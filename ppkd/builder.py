@@ -1,6 +1,8 @@
 """From configs to models: a detector alone, or the distiller."""
+import difflib
 import logging
 
+from ppdet.core.config.schema import SchemaDict
 from ppdet.utils.checkpoint import load_pretrain_weight
 
 from ppkd import config as cfgmod
@@ -8,6 +10,7 @@ from ppkd.balancing import SCHEDULE_KEYS, schedule_from_config
 from ppkd.data.unlabeled import unlabeled_section
 from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError
+from ppkd.losses import DistillLoss
 from ppkd.teacher import load_weights
 
 logger = logging.getLogger('ppkd')
@@ -45,10 +48,17 @@ def distill_loss_names(cfg):
         return ['YOLOv3FineGrainedDistill']
     section = distill_section(cfg)
     names = section.get('losses') or DEFAULT_LOSSES.get(cfg['architecture'])
+    if isinstance(names, str):  # `losses: YOLOv3L2Distill`, one name without brackets
+        names = [names]
     if not names:
         raise PPKDError(f'{cfg["config_path"]}: no distill.losses given and no default '
                         f'for architecture {cfg["architecture"]}')
     return list(names)
+
+
+def _is_distill_loss(module):
+    cls = getattr(module.pymodule, module.name, None)
+    return isinstance(cls, type) and issubclass(cls, DistillLoss)
 
 
 def build_distiller(student_cfg, teacher_cfg, teacher_weights):
@@ -61,10 +71,13 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
     logger.info('teacher weights loaded from %s', path)
     losses = []
     for name in distill_loss_names(student_cfg):
-        try:
-            loss = cfgmod.build(student_cfg, name)
-        except KeyError:
-            raise PPKDError(f'{student_cfg["config_path"]}: unknown distillation loss {name!r}') from None
+        known = sorted(k for k, v in student_cfg.items()
+                       if isinstance(v, SchemaDict) and _is_distill_loss(v))
+        if name not in known:
+            near = difflib.get_close_matches(str(name), known, n=1)
+            hint = f'did you mean {near[0]}?' if near else f'known: {", ".join(known)}'
+            raise PPKDError(f'{student_cfg["config_path"]}: unknown distillation loss {name!r} in distill.losses ({hint})')
+        loss = cfgmod.build(student_cfg, name)
         logger.info('distillation loss %s, weight %s', name, 'auto' if loss.auto_weight else f'{loss.weight:g}')
         losses.append(loss)
     section = distill_section(student_cfg)

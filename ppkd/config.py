@@ -182,7 +182,9 @@ def load_config(path, overrides=None):
     workspace.dict_merge(cfg, file_cfg)
     if overrides:
         _merge(cfg, overrides)
-    cfg['filename'] = os.path.splitext(os.path.basename(path))[0]
+    # As ppdet's own loader: the file's name with its extension (ppdet's
+    # exporter strips the extension itself: `…_x0.5.yml` → `…_x0.5`).
+    cfg['filename'] = os.path.basename(path)
     cfg['config_path'] = path
     _apply_input_size(cfg)
     _apply_dataset_dir(cfg, overrides or {})

@@ -192,3 +192,13 @@ def test_resume_refuses_a_state_saved_with_other_weights(tiny_voc, tmp_path, cap
                                          '-o', *opts])
     assert code == 2
     assert 'was not saved with' in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_voc, tmp_path, capsys):
+    out = tmp_path / 'run'
+    opts = tiny_opts(tiny_voc)
+    assert run_script('tools/train.py', ['-c', STUDENT, '--output_dir', str(out), '-o', *opts]) == 0
+    code = run_script('tools/train.py', ['-c', STUDENT, '--output_dir', str(out), '-r', str(out / 'model_final'),
+                                         '-o', *opts])
+    assert code == 2
+    assert 'saved after epoch 1 of 1; nothing left to train' in capsys.readouterr().err

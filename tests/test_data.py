@@ -54,6 +54,24 @@ def test_split_ratio_seed_and_report(tiny_voc, tmp_path):
         split_voc(root, ratio=1.5)
 
 
+def test_split_skips_file_names_with_spaces_and_refuses_folders_with_them(tiny_voc, tmp_path):
+    """List lines are space-separated: an image named `a b.jpg` cannot be
+    listed (it is skipped with the reason), nor can any image under a
+    folder with a space in the path the lists hold."""
+    root = _copy(tiny_voc, tmp_path)
+    for sub in ('JPEGImages/shapes_0002.jpg', 'Annotations/shapes_0002.xml'):
+        os.replace(os.path.join(root, sub), os.path.join(root, sub.replace('shapes_0002', 'shapes 0002')))
+    out = split_voc(root, ratio=0.7)
+    assert 'has a space' in out['skipped']['shapes 0002']
+    listed = open(os.path.join(root, 'trainval.txt')).read() + open(os.path.join(root, 'test.txt')).read()
+    assert len(listed.splitlines()) == 11 and all(len(line.split()) == 2 for line in listed.splitlines())
+    spaced = str(tmp_path / 'my data')
+    shutil.copytree(tiny_voc, spaced)
+    with pytest.raises(PPKDError, match='a space in the path the lists would hold'):
+        split_voc(spaced, out_dir=str(tmp_path / 'lists'))
+    assert not os.path.exists(tmp_path / 'lists' / 'trainval.txt')
+
+
 @pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not available')
 def test_split_bccd_official_sets_into_another_folder(tmp_path, caplog):
     out = split_voc(BCCD, imagesets=('trainval', 'test'), out_dir=str(tmp_path))

@@ -43,6 +43,9 @@ def scan_voc_folder(root, image_dir='JPEGImages', anno_dir='Annotations'):
         if stem not in images:
             skipped[stem] = 'no image'
             continue
+        if any(c.isspace() for c in images[stem]):
+            skipped[stem] = 'file name has a space (list lines are space-separated): rename it'
+            continue
         xml_rel = f'{anno_dir}/{stem}.xml'
         try:
             ann, _ = parse_voc_xml(os.path.join(root, xml_rel))
@@ -110,6 +113,11 @@ def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
     # List lines are relative to the folder holding the lists (ppdet's
     # dataset_dir), so a read-only data set can be split into another folder.
     prefix = os.path.relpath(root, out_dir)
+    for part, shown in ((prefix, root), (image_dir, os.path.join(root, image_dir)),
+                        (anno_dir, os.path.join(root, anno_dir))):
+        if any(c.isspace() for c in part):
+            raise PPKDError(f'{shown}: a space in the path the lists would hold ({part!r}), and list lines '
+                            'are space-separated; rename the folder or write the lists elsewhere (--out_dir)')
 
     def rel(path):
         return os.path.normpath(os.path.join(prefix, path))

@@ -96,7 +96,8 @@ class Trainer:
         self.amp = amp_available(cfg) if amp else False
         self.seed = seed
         self.do_eval = eval
-        self.output_dir = output_dir or os.path.join(cfg.get('save_dir', 'output'), cfg['filename'])
+        self.output_dir = output_dir or os.path.join(cfg.get('save_dir', 'output'),
+                                                     os.path.splitext(cfg['filename'])[0])
         self.world_size = paddle.distributed.get_world_size()
         self.rank = paddle.distributed.get_rank()
         self.model = model
@@ -128,8 +129,16 @@ class Trainer:
 
     def resume(self, prefix):
         prefix, state = load_resume_state(prefix)
+        if int(state['epoch']) + 1 >= self.epochs:
+            raise PPKDError(f'{prefix}: saved after epoch {int(state["epoch"]) + 1} of {self.epochs}; nothing left '
+                            f'to train (raise -o epoch=N to train on)')
         load_weights(self.student, prefix + '.pdparams', role='student')
-        self.optimizer.set_state_dict(optimizer_state_for_loading(state['optimizer'], self.model))
+        try:
+            self.optimizer.set_state_dict(optimizer_state_for_loading(state['optimizer'], self.model))
+        except (AssertionError, KeyError, ValueError, TypeError) as e:
+            raise PPKDError(f'{prefix}.pdstate: its optimizer state does not fit this run\'s model and optimizer '
+                            f'(a distillation checkpoint resumed without its teacher, or another optimizer?): '
+                            f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}') from None
         extra = state.get('extra') or {}
         if extra.get('distill_losses') and hasattr(self.model, 'distill_losses'):
             self.model.distill_losses.set_state_dict(extra['distill_losses'])
