@@ -1,6 +1,9 @@
 """From configs to models: a detector alone, or the distiller."""
 import difflib
 import logging
+import os
+
+import paddle
 
 from ppdet.core.config.schema import SchemaDict
 from ppdet.utils.checkpoint import load_pretrain_weight
@@ -35,11 +38,57 @@ def check_same_classes(student_cfg, teacher_cfg):
                         f'student {student_cfg["config_path"]} has {s_n}')
     try:
         s_names, t_names = cfgmod.label_names(student_cfg), cfgmod.label_names(teacher_cfg)
-    except PPKDError:
-        return  # a label list not on disk yet is caught when the reader starts
+    except PPKDError as e:
+        logger.warning('class lists not compared (%s); the reader will need them', e)
+        return
     if s_names != t_names:
         raise PPKDError(f'teacher and student class lists differ: {t_names} '
                         f'({teacher_cfg["config_path"]}) vs {s_names} ({student_cfg["config_path"]})')
+
+
+def _class_mapping(trained, student):
+    pairs = [f'teacher channel {i} = {t!r}, student\'s = {s!r}'
+             for i, (t, s) in enumerate(zip(trained, student)) if t != s]
+    return '; '.join(pairs[:4]) + ('; …' if len(pairs) > 4 else '')
+
+
+def check_teacher_training_classes(student_cfg, weights_path):
+    """The class order the teacher's weights were trained in (recorded in
+    the `.pdstate` ppkd writes beside them) against the student's label
+    list: a permuted order would teach each class as another one."""
+    state_path = os.path.splitext(weights_path)[0] + '.pdstate'
+    trained = None
+    if os.path.isfile(state_path):
+        try:
+            trained = (paddle.load(state_path).get('extra') or {}).get('classes')
+        except Exception:  # noqa: BLE001  an unreadable state only loses this check
+            trained = None
+    if not trained:
+        logger.info('teacher class order not checked: no class record beside %s (weights not trained by ppkd)',
+                    weights_path)
+        return
+    try:
+        student = cfgmod.label_names(student_cfg)
+    except PPKDError:
+        return
+    if list(trained) != list(student):
+        how = ('the same classes in another order: ' + _class_mapping(trained, student)
+               if sorted(trained) == sorted(student) else f'{list(trained)} vs the student\'s {student}')
+        raise PPKDError(f'{weights_path}: the teacher was trained with {how}; write the student\'s '
+                        'label_list.txt in the teacher\'s order (or retrain the teacher)')
+
+
+def check_same_normalisation(student_cfg, teacher_cfg):
+    """The teacher reads the student's batches: warn if it was configured
+    with another image normalisation."""
+    def normalise(cfg):
+        ops = (cfg.get('EvalReader') or {}).get('sample_transforms') or []
+        ops = ops + ((cfg.get('EvalReader') or {}).get('batch_transforms') or [])
+        return next((op['NormalizeImage'] for op in ops if 'NormalizeImage' in op), None)
+    s, t = normalise(student_cfg), normalise(teacher_cfg)
+    if s != t:
+        logger.warning('the teacher\'s config normalises images with %s, the student\'s with %s; the teacher '
+                       'will see the student\'s inputs', t, s)
 
 
 def distill_loss_names(cfg):
@@ -65,9 +114,11 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
     """Student and teacher merged, the teacher's weights loaded and frozen,
     with the losses the student config's `distill:` section names."""
     check_same_classes(student_cfg, teacher_cfg)
+    check_same_normalisation(student_cfg, teacher_cfg)
     student = build_model(student_cfg)
     teacher = cfgmod.build(teacher_cfg, teacher_cfg['architecture'])
     path = load_weights(teacher, teacher_weights, role=f'teacher ({teacher_cfg["config_path"]})')
+    check_teacher_training_classes(student_cfg, path)
     logger.info('teacher weights loaded from %s', path)
     losses = []
     for name in distill_loss_names(student_cfg):

@@ -1,4 +1,6 @@
+import logging
 import os
+import shutil
 
 import numpy as np
 import paddle
@@ -100,6 +102,32 @@ def test_different_class_lists_refused(tiny_voc, tiny_teacher, tmp_path):
     teacher_cfg['num_classes'] = 3
     with pytest.raises(PPKDError, match='has 3 classes, student .* has 4'):
         build_distiller(_student_cfg(tiny_voc), teacher_cfg, tiny_teacher[1])
+
+
+def test_teacher_trained_in_another_class_order_is_refused_with_the_mapping(tiny_voc, tiny_teacher, tmp_path):
+    """The same classes listed in another order (e.g. the data set re-split
+    with sorted names) for student and teacher config alike: only the record
+    of the order the teacher was trained in shows the permutation."""
+    permuted = tmp_path / 'permuted'
+    shutil.copytree(tiny_voc, permuted)
+    names = open(os.path.join(tiny_voc, 'label_list.txt')).read().split()
+    (permuted / 'label_list.txt').write_text('\n'.join(names[::-1]) + '\n')
+    student = _student_cfg(str(permuted))
+    teacher = cfgmod.load_config(os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml'), tiny_opts(str(permuted)))
+    with pytest.raises(PPKDError, match=f"same classes in another order: teacher channel 0 = '{names[0]}', "
+                                        f"student's = '{names[-1]}'"):
+        build_distiller(student, teacher, tiny_teacher[1])
+    build_distiller(_student_cfg(tiny_voc), _teacher_cfg(tiny_voc), tiny_teacher[1])  # its own order passes
+
+
+def test_other_teacher_normalisation_is_warned(tiny_voc, tiny_teacher, caplog):
+    teacher = _teacher_cfg(tiny_voc)
+    for op in teacher['EvalReader']['sample_transforms']:
+        if 'NormalizeImage' in op:
+            op['NormalizeImage'] = {**op['NormalizeImage'], 'mean': [0.5, 0.5, 0.5]}
+    with caplog.at_level(logging.WARNING, logger='ppkd'):
+        build_distiller(_student_cfg(tiny_voc), teacher, tiny_teacher[1])
+    assert "normalises images with {" in caplog.text and "'mean': [0.5, 0.5, 0.5]" in caplog.text
 
 
 def test_recorder_names_unknown_layer():

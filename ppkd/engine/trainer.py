@@ -153,6 +153,10 @@ class Trainer:
         extra = {}
         if hasattr(self.model, 'distill_losses'):
             extra['distill_losses'] = self.model.distill_losses.state_dict()
+        try:  # the class order these weights were trained in, checked when they teach
+            extra['classes'] = cfgmod.label_names(self.cfg, 'TrainDataset')
+        except PPKDError:
+            pass
         save_checkpoint(os.path.join(self.output_dir, name), self.student, self.optimizer,
                         epoch=epoch, extra_state=extra, best=self.best_map, model=self.model)
         logger.info('saved checkpoint %s', os.path.join(self.output_dir, name))
