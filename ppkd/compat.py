@@ -125,14 +125,41 @@ class _PaddleConcat0D:
         return paddle.concat(x, axis=axis, name=name)
 
 
+class _PaddleIntegerStack:
+    """The `paddle` module as ppdet's SSD loss sees it, except that `stack`
+    of its per-image negative counts (float) gives their ceiling as int64:
+    the count is then compared with int64 ranks, which Paddle 3's type
+    promotion refuses for int64 against float32. For an integer rank r and
+    any real n, r < n exactly when r < ceil(n)."""
+
+    def __getattr__(self, name):
+        return getattr(paddle, name)
+
+    @staticmethod
+    def stack(x, axis=0, name=None):
+        return paddle.ceil(paddle.stack(x, axis=axis, name=name)).astype('int64')
+
+
+def _ssd_hard_mining_promotion():
+    """SSDLoss._mine_hard_example compares int64 ranks with float32 counts."""
+    from ppdet.modeling.losses import ssd_loss
+    _module_paddle_during('ssd_hard_mining_promotion', ssd_loss.SSDLoss, '_mine_hard_example', ssd_loss,
+                          _PaddleIntegerStack)
+
+
 def _concat_0d_during(fix, owner, attr, module):
-    """Wrap `owner.attr` so that, while it runs, `module` (where the failing
-    `paddle.concat` calls live) sees `_PaddleConcat0D` as `paddle`."""
+    """`owner.attr` with `module` (where the failing `paddle.concat` calls
+    live) seeing `_PaddleConcat0D` as `paddle`."""
+    _module_paddle_during(fix, owner, attr, module, _PaddleConcat0D)
+
+
+def _module_paddle_during(fix, owner, attr, module, proxy):
+    """Wrap `owner.attr` so that, while it runs, `module` sees `proxy()` as `paddle`."""
     method = getattr(owner, attr)
 
     @functools.wraps(method)
     def _method(*args, **kwargs):
-        module.paddle = _PaddleConcat0D()
+        module.paddle = proxy()
         try:
             return method(*args, **kwargs)
         finally:
@@ -185,6 +212,7 @@ FIXES = {
     'rpn_proposals_0d': (_zero_d_tensors, _rpn_proposals_0d),
     'proposal_targets_0d': (_zero_d_tensors, _proposal_targets_0d),
     'bbox_get_pred_0d': (_zero_d_tensors, _bbox_get_pred_0d),
+    'ssd_hard_mining_promotion': (lambda: paddle_version() >= (3, 0), _ssd_hard_mining_promotion),
 }
 
 

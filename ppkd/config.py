@@ -130,13 +130,20 @@ def _read_yaml(path, seen=()):
     return merged
 
 
+# The multiple an architecture's input size must be (its coarsest stride);
+# SSD300's extra blocks take any size.
+INPUT_SIZE_MULTIPLE = {'SSD': 1}
+
+
 def _apply_input_size(cfg):
     """ppkd's `input_size` key: one number for the train, eval and test sizes."""
     size = cfg.get('input_size')
     if not size:
         return
-    if not isinstance(size, int) or size <= 0 or size % 32:
-        raise PPKDError(f'input_size must be a positive multiple of 32, got {size!r}')
+    multiple = INPUT_SIZE_MULTIPLE.get(cfg.get('architecture'), 32)
+    if not isinstance(size, int) or size <= 0 or size % multiple:
+        raise PPKDError(f'input_size must be a positive multiple of {multiple} for {cfg.get("architecture")}, '
+                        f'got {size!r}')
     for reader in ('TrainReader', 'EvalReader', 'TestReader'):
         spec = cfg.get(reader) or {}
         for group in ('sample_transforms', 'batch_transforms'):

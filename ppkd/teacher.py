@@ -63,6 +63,19 @@ def _yolov3_head_maps(model, inputs, names):
     return []
 
 
+def _ssd_head_maps(model, inputs, names):
+    """The backbone and the head's box and score convolutions (no priors
+    matched, no loss): the raw per-level maps."""
+    feats = model.backbone(inputs)
+    head = model.ssd_head
+    if head.use_extra_head:
+        feats = head.ssd_extra_head(feats[0])
+    for feat, box_conv, score_conv in zip(feats, head.box_convs, head.score_convs):
+        box_conv(feat)
+        score_conv(feat)
+    return []
+
+
 def _faster_rcnn_features(model, inputs, names):
     """Backbone and neck, and the RPN's score and delta convolutions (not
     its proposals) if an `rpn_head.` output is recorded; returns the
@@ -105,6 +118,7 @@ STUDENT_ROIS = 'bbox_head.bbox_assigner'
 # names), or None. Other architectures run their whole forward.
 TEACHER_FORWARDS = {
     'YOLOv3': (_yolov3_head_maps, None),
+    'SSD': (_ssd_head_maps, None),
     'FasterRCNN': (_faster_rcnn_features, _faster_rcnn_roi_head),
 }
 

@@ -52,9 +52,10 @@ def _stopping_workers_on_error(batches):
     try:
         yield from batches
     except Exception as e:
-        for worker in getattr(batches, '_workers', []):
-            worker.terminate()
-        if hasattr(batches, '_try_shutdown_all'):
+        workers = getattr(batches, '_workers', None)
+        if workers is not None:  # a multi-process iterator
+            for worker in workers:
+                worker.terminate()
             batches._try_shutdown_all(timeout=1)
         lines = str(e).strip().splitlines()
         if isinstance(e, PPKDError) and len(lines) > 1 and lines[-1].startswith(WORKER_ERROR_PREFIX):

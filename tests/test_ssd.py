@@ -1,0 +1,130 @@
+"""SSD: training on the pinned stack (the hard-mining type-promotion fix),
+the weighted soft KL against NumPy, SSDDistill on MultiBox's sample, the
+prior-mismatch refusal, and an end-to-end distill.py run."""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from ppkd import compat
+from ppkd import config as cfgmod
+from ppkd.builder import build_distiller, build_model
+from ppkd.data.loader import build_reader, epoch_batches
+from ppkd.errors import PPKDError
+from ppkd.losses import weighted_soft_kl
+
+from conftest import CONFIGS, run_script, tiny_opts
+
+pytestmark = pytest.mark.smoke
+
+SSD_CFG = os.path.join(CONFIGS, 'bccd', 'ssd')
+# The tiny set has 4 classes; 96 px keeps SSD-MobileNetV1's six levels (3, 2, 1, 1, 1, 1 cells).
+SSD_TINY = ['num_classes=4', 'input_size=96']
+
+
+def _cfg(name, root, *extra):
+    return cfgmod.load_config(os.path.join(SSD_CFG, name), tiny_opts(root, *SSD_TINY, *extra))
+
+
+@pytest.fixture(scope='module')
+def ssd_teacher(tiny_voc, tmp_path_factory):
+    """An (untrained) SSD-MobileNetV1 teacher with the student's priors."""
+    path = str(tmp_path_factory.mktemp('ssd_teacher') / 'teacher.pdparams')
+    paddle.save(build_model(_cfg('teacher_ssd_mobilenet_v1.yml', tiny_voc)).state_dict(), path)
+    return path
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize('temperature', [1.0, 2.0])
+def test_weighted_soft_kl_matches_numpy(temperature):
+    rng = np.random.RandomState(0)
+    s, t = rng.randn(7, 5).astype('float32'), rng.randn(7, 5).astype('float32')
+    log_t, log_s = _np_log_softmax(t / temperature), _np_log_softmax(s / temperature)
+    assert np.allclose(np.exp(log_t).sum(-1), 1.0)  # rows are distributions
+    w = np.array([1.5, 1.0, 1.0, 1.0, 1.0])  # background at index 0
+    expected = temperature ** 2 * sum(w[c] * np.exp(log_t[r, c]) * (log_t[r, c] - log_s[r, c])
+                                      for r in range(7) for c in range(5))
+    got = weighted_soft_kl(paddle.to_tensor(s), paddle.to_tensor(t), temperature, 1.5, 1.0, background_index=0)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    same = weighted_soft_kl(paddle.to_tensor(t), paddle.to_tensor(t), temperature)
+    assert abs(float(same)) < 1e-5  # KL of a distribution with itself
+
+
+def test_weighted_soft_kl_gradient_reaches_student_not_teacher():
+    student, teacher = paddle.nn.Linear(3, 4), paddle.nn.Linear(3, 4)
+    x = paddle.randn([6, 3])
+    weighted_soft_kl(student(x), teacher(x)).backward()
+    assert float(student.weight.grad.abs().sum()) > 0 and teacher.weight.grad is None
+
+
+@pytest.mark.skipif(not compat.FIXES['ssd_hard_mining_promotion'][0](), reason='fix not needed on this Paddle')
+def test_ssd_training_needs_the_hard_mining_fix(tiny_voc):
+    cfg = _cfg('student_ssd_mobilenet_v1.yml', tiny_voc)
+    model = build_model(cfg)
+    model.train()
+    batch = next(epoch_batches(build_reader(cfg, 'Train')))
+    assert np.isfinite(float(model(batch)['loss']))
+    with compat.disabled('ssd_hard_mining_promotion'), pytest.raises(TypeError, match='Type promotion'):
+        model(batch)
+
+
+def test_ssd_distill_terms_on_multibox_sample(tiny_voc, ssd_teacher):
+    """μ scales the student's own confidence loss; the soft term is the
+    weighted KL over the student's positives and mined negatives, the
+    bounded term the teacher-bounded L2 over its positives, both / positives:
+    recomputed here in NumPy from the recorded maps."""
+    student_cfg = _cfg('distill_ssd.yml', tiny_voc, 'SSDDistill.nu=1.0', 'SSDDistill.margin=100.')
+    model = build_distiller(student_cfg, _cfg('teacher_ssd_mobilenet_v1.yml', tiny_voc), ssd_teacher)
+    assert model.student.ssd_head.loss.conf_loss_weight == pytest.approx(0.8)
+    model.train()
+    out = model(next(epoch_batches(build_reader(student_cfg, 'Train'))))
+    rec_s, rec_t = model.student_recorder.outputs, model.teacher_recorder.outputs
+    levels = len(model.student.ssd_head.box_convs)
+    per_prior = lambda maps, w: np.concatenate(  # noqa: E731
+        [m[-1].numpy().transpose(0, 2, 3, 1).reshape(m[-1].shape[0], -1, w) for m in maps], axis=1)
+    classes = model.student.ssd_head.num_classes
+    s_scores = per_prior([rec_s[f'ssd_head.scores{i}'] for i in range(levels)], classes)
+    t_scores = per_prior([rec_t[f'ssd_head.scores{i}'] for i in range(levels)], classes)
+    s_boxes = per_prior([rec_s[f'ssd_head.boxes{i}'] for i in range(levels)], 4)
+    t_boxes = per_prior([rec_t[f'ssd_head.boxes{i}'] for i in range(levels)], 4)
+    targets_bbox, targets_label = (x.numpy() for x in rec_s['ssd_head.loss._bipartite_match_for_batch'][-1])
+    sample = rec_s['ssd_head.loss._mine_hard_example'][-1].numpy()
+    positive = targets_label[..., 0] != classes - 1
+    num_pos = max(positive.sum(), 1)
+    log_s, log_t = _np_log_softmax(s_scores[sample]), _np_log_softmax(t_scores[sample])
+    w = np.ones(classes)
+    w[-1] = 1.5
+    soft = (np.exp(log_t) * (log_t - log_s) * w).sum() / num_pos
+    np.testing.assert_allclose(float(out['distill_ssd_soft']), 0.2 * soft, rtol=1e-4)
+    # margin 100: every positive counts, so the bounded term is the plain mean L2
+    err = ((s_boxes[positive] - targets_bbox[positive]) ** 2).sum(-1)
+    np.testing.assert_allclose(float(out['distill_ssd_bounded']), err.mean() if positive.any() else 0., rtol=1e-4)
+    assert np.isfinite(t_boxes).all()
+    out['loss'].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_teacher_with_other_priors_is_refused_with_the_remedies(tiny_voc, ssd_teacher, tmp_path):
+    vgg = _cfg('teacher_ssd_vgg16.yml', tiny_voc, 'input_size=320')
+    path = str(tmp_path / 'vgg.pdparams')
+    paddle.save(build_model(vgg).state_dict(), path)
+    with pytest.raises(PPKDError, match=r'priors differ: 6 levels with \[4, 6, 6, 6, 4, 4\] priors a location '
+                                        r"\(teacher\) vs 6 with \[3, 6, 6, 6, 6, 6\].*Remedies: train a teacher "
+                                        r"with the student's head layout"):
+        build_distiller(_cfg('distill_ssd.yml', tiny_voc, 'input_size=320'), vgg, path)
+
+
+def test_distill_cli_ssd_end_to_end(tiny_voc, ssd_teacher, tmp_path):
+    code = run_script('slim/distillation/distill.py', [
+        '-c', os.path.join(SSD_CFG, 'distill_ssd.yml'), '-t', os.path.join(SSD_CFG, 'teacher_ssd_mobilenet_v1.yml'),
+        '--teacher_pretrained', ssd_teacher, '--eval', '--output_dir', str(tmp_path),
+        '--teacher_opt', *SSD_TINY, f'dataset_dir={tiny_voc}', '-o', *tiny_opts(tiny_voc, *SSD_TINY)])
+    assert code == 0
+    with open(tmp_path / 'metrics.jsonl') as f:
+        text = f.read()
+    assert '"distill_ssd_soft"' in text and '"mAP"' in text
