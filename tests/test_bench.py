@@ -40,3 +40,5 @@ def test_demo_runs_end_to_end_and_reports_the_gap(tmp_path):
     assert [r['model'] for r in rows] == ['teacher', 'baseline student', 'distilled student']
     assert all(r['images'] == 4 for r in rows)
     assert 'distill_reg_unlabeled' in open(tmp_path / 'out' / 'distilled.log').read()
+    report = open(tmp_path / 'out' / 'report' / 'report.md').read()
+    assert '| distilled |' in report and os.path.isfile(tmp_path / 'out' / 'report' / 'detections.png')

@@ -202,3 +202,20 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_voc, tmp_pa
                                          '-o', *opts])
     assert code == 2
     assert 'saved after epoch 1 of 1; nothing left to train' in capsys.readouterr().err
+
+
+def test_compare_writes_the_report(tiny_voc, tiny_teacher, tmp_path, capsys):
+    cfg, weights = tiny_teacher
+    out = tmp_path / 'report'
+    code = run_script('tools/compare.py', ['-t', f'{cfg}:{weights}', '-b', f'{cfg}:{weights[:-len(".pdparams")]}',
+                                           '--images', '2', '--output_dir', str(out), '-o', *tiny_opts(tiny_voc)])
+    assert code == 0
+    for name in ('report.md', 'report.html', 'per_class_ap.png', 'curves.png', 'detections.png', 'results.json'):
+        assert (out / name).is_file(), name
+    report = (out / 'report.md').read_text()
+    assert '| teacher |' in report and '| baseline |' in report and '![Per-class AP](per_class_ap.png)' in report
+    grid = __import__('cv2').imread(str(out / 'detections.png'))
+    assert grid.shape[1] == 2 * 256 and grid.shape[0] == 24 + 2 * 256  # two models, two images
+    capsys.readouterr()
+    assert run_script('tools/compare.py', ['-t', f'{cfg}:{weights}', '-b', f'{cfg}:/no/such.pdparams']) == 2
+    assert 'error: baseline: weights not found: /no/such.pdparams' in capsys.readouterr().err

@@ -6,7 +6,9 @@ of the teacher–baseline gap distillation closed.
     python tools/demo.py --dataset_dir DIR -t TEACHER.yml -s STUDENT.yml -d DISTILL.yml
 
 Each step runs the user-facing command (tools/train.py, distill.py,
-tools/eval.py) in its own process, exactly as a user would.
+tools/eval.py, tools/compare.py) in its own process, exactly as a user
+would; the comparison report (per-class AP, training curves, detections
+side by side) goes to OUTPUT_DIR/report/.
 """
 import argparse
 import json
@@ -129,7 +131,12 @@ def main(argv=None):
     atomic_write_text(os.path.join(out, 'results.md'), table + '\n\n' + summary + '\n')
     print('\nVOC mAP@0.5 (11-point) and per-class AP, %, on the test split:\n' + table)
     print('\n' + summary)
-    print(f'\nwritten to {out}/results.md and results.json')
+    report = os.path.join(out, 'report')
+    _run(['tools/compare.py', *(arg for (name, cfg, _), flag in zip(plan, ('-t', '-b', '-d'))
+                                for arg in (flag, f'{cfg}:{os.path.join(out, name.split()[0], "model_final.pdparams")}')),
+          '--output_dir', report, '-o', *opts], os.path.join(out, 'report.log'))
+    print(f'\nwritten to {out}/results.md and results.json; pictures (per-class AP, curves, detections) '
+          f'in {report}/report.md')
 
 
 if __name__ == '__main__':
