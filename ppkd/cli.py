@@ -17,6 +17,9 @@ def train_parser(description):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--to_static', action='store_true', help='compile the training step with paddle.jit.to_static')
     p.add_argument('--amp', action='store_true', help='mixed precision (float16 autocast, loss scaling; GPU only)')
+    p.add_argument('--use_vdl', action='store_true', help='also log every loss term, the learning rate, images/s '
+                   'and each evaluation to VisualDL')
+    p.add_argument('--vdl_log_dir', default=None, help='VisualDL log folder (default: OUTPUT_DIR/vdl)')
     return p
 
 

@@ -219,3 +219,20 @@ def test_compare_writes_the_report(tiny_voc, tiny_teacher, tmp_path, capsys):
     capsys.readouterr()
     assert run_script('tools/compare.py', ['-t', f'{cfg}:{weights}', '-b', f'{cfg}:/no/such.pdparams']) == 2
     assert 'error: baseline: weights not found: /no/such.pdparams' in capsys.readouterr().err
+
+
+def test_visualdl_log_holds_every_term_and_evaluation(tiny_voc, tiny_teacher, tmp_path):
+    import glob
+    from visualdl import LogReader
+    assert _distill(tiny_teacher, tmp_path / 'run', '--eval', '--use_vdl', '--vdl_log_dir', str(tmp_path / 'vdl'),
+                    opts=tiny_opts(tiny_voc)) == 0
+    (log,) = glob.glob(str(tmp_path / 'vdl' / 'vdlrecords.*.log'))
+    reader = LogReader(file_path=log)
+    tags = set(reader.get_tags()['scalar'])
+    assert {'train/loss', 'train/det_loss', 'train/distill_l2', 'train/lr', 'train/images_per_s',
+            'eval/mAP'} <= tags and any(t.startswith('eval/AP/') for t in tags)
+    with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+        evals = [line for line in f if '"eval"' in line]
+    logged = [(r.id, r.value) for r in reader.get_data('scalar', 'eval/mAP')]
+    assert len(logged) == len(evals) == 1
+    assert logged[0][1] == pytest.approx(__import__('json').loads(evals[0])['mAP'], rel=1e-5)

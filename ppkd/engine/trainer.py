@@ -19,6 +19,7 @@ from ppkd import config as cfgmod
 from ppkd.engine.checkpoint import load_resume_state, optimizer_state_for_loading, save_checkpoint
 from ppkd.data.loader import build_reader, build_unlabeled_reader, endless_batches, epoch_batches
 from ppkd.engine.evaluator import evaluate
+from ppkd.engine.visualdl import VisualDLLog
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
 from ppkd.threads import wait_policy_tuner
@@ -30,6 +31,11 @@ def setup_logging():
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, datefmt='%m/%d %H:%M:%S',
                             format='[%(asctime)s] %(name)s %(levelname)s: %(message)s')
+
+
+def default_output_dir(cfg):
+    """save_dir/<config name>."""
+    return os.path.join(cfg.get('save_dir', 'output'), os.path.splitext(cfg['filename'])[0])
 
 
 def setup_run(cfg, seed=0):
@@ -91,15 +97,16 @@ class Trainer:
     checkpoint stays.
     """
 
-    def __init__(self, cfg, model, output_dir=None, eval=False, seed=0, to_static=False, amp=False):
+    def __init__(self, cfg, model, output_dir=None, eval=False, seed=0, to_static=False, amp=False,
+                 vdl_log_dir=None):
         self.cfg = cfg
         self.amp = amp_available(cfg) if amp else False
         self.seed = seed
         self.do_eval = eval
-        self.output_dir = output_dir or os.path.join(cfg.get('save_dir', 'output'),
-                                                     os.path.splitext(cfg['filename'])[0])
+        self.output_dir = output_dir or default_output_dir(cfg)
         self.world_size = paddle.distributed.get_world_size()
         self.rank = paddle.distributed.get_rank()
+        self.vdl = VisualDLLog(vdl_log_dir) if vdl_log_dir and self.rank == 0 else None
         self.model = model
         self.student = getattr(model, 'student', model)
         self.loader = build_reader(cfg, 'Train')
@@ -167,11 +174,14 @@ class Trainer:
         if self.rank == 0:
             with open(os.path.join(self.output_dir, 'metrics.jsonl'), 'a') as f:
                 f.write(json.dumps(entry) + '\n')
+            if self.vdl is not None:
+                self.vdl.write(entry)
 
     def _log(self, epoch, step, outputs, batch_cost, data_cost, batch_size, iters_left):
         values = {k: _scalar(v) for k, v in outputs.items() if isinstance(v, paddle.Tensor) and v.size == 1}
         self._record({'type': 'train', 'epoch': epoch, 'iteration': epoch * self.steps_per_epoch + step,
-                      'lr': self.optimizer.get_lr(), 'batch_cost': batch_cost, **values})
+                      'lr': self.optimizer.get_lr(), 'batch_cost': batch_cost,
+                      'images_per_s': batch_size / batch_cost, **values})
         terms = '  '.join(f'{k}: {v:.6f}' for k, v in values.items())
         eta = datetime.timedelta(seconds=int(batch_cost * iters_left))
         logger.info('Epoch: [%d] [%4d/%d] learning_rate: %.6f  %s  eta: %s  batch_cost: %.4f  '
@@ -266,8 +276,14 @@ class Trainer:
 def train_from_args(cfg, model, args):
     """What tools/train.py and distill.py share after building the model:
     the flags of `ppkd.cli.train_parser` applied, then training."""
-    trainer = Trainer(cfg, model, args.output_dir, eval=args.eval, seed=args.seed, to_static=args.to_static,
-                      amp=args.amp)
+    output_dir = args.output_dir or default_output_dir(cfg)
+    vdl_dir = (args.vdl_log_dir or os.path.join(output_dir, 'vdl')) if args.use_vdl else None
+    trainer = Trainer(cfg, model, output_dir, eval=args.eval, seed=args.seed, to_static=args.to_static,
+                      amp=args.amp, vdl_log_dir=vdl_dir)
     if args.resume:
         trainer.resume(args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    finally:
+        if trainer.vdl is not None:
+            trainer.vdl.close()
