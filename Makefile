@@ -5,6 +5,7 @@
 #   make bench-step-time    distillation step time vs the student and ppdet's DistillModel
 #   make bench-bccd         the BCCD comparisons (YOLOv3, then the Faster R-CNN ablation; hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
+#   make bench-throughput   images/s of the real training loops (student, ppkd, ppdet DistillModel) per thread setting
 VENV ?= .venv
 ifeq ($(GPU),1)
 PADDLE ?= paddlepaddle-gpu==2.6.2
@@ -13,7 +14,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain bench-throughput clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -41,6 +42,9 @@ bench-bccd: install
 bench-gain: install
 	$(PY) bench/demo_seeds.py
 	$(PY) bench/bccd_low_label.py
+
+bench-throughput: install
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf output dataset/demo_shapes
