@@ -236,3 +236,14 @@ def test_visualdl_log_holds_every_term_and_evaluation(tiny_voc, tiny_teacher, tm
     logged = [(r.id, r.value) for r in reader.get_data('scalar', 'eval/mAP')]
     assert len(logged) == len(evals) == 1
     assert logged[0][1] == pytest.approx(__import__('json').loads(evals[0])['mAP'], rel=1e-5)
+
+
+def test_console_starts_with_ppkd_own_lines(tmp_path):
+    """ppdet's and Paddle's import-time notices (optional tracking
+    dependencies, the OMP advice) stay off the console: a bad config gives
+    exactly one line."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '2'}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), '-c', str(tmp_path / 'none.yml')],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 2
+    assert out.stdout == '' and out.stderr == f'error: config not found: {tmp_path / "none.yml"}\n'
