@@ -17,6 +17,7 @@ from ppdet.core.config.schema import SchemaDict
 from ppdet.core.workspace import AttrDict, create  # noqa: F401  (re-exported for callers)
 
 from ppkd import compat
+import ppkd.data.coco  # noqa: F401  registers CheckedCOCODataSet for YAML tags
 import ppkd.data.voc  # noqa: F401  registers CheckedVOCDataSet for YAML tags
 import ppkd.losses  # noqa: F401  registers the distillation losses
 from ppkd.errors import PPKDError
@@ -221,10 +222,13 @@ def build(cfg, name, **kwargs):
 
 
 def label_names(cfg, dataset_key='EvalDataset'):
-    """Class names of a config's data set, read from its label list."""
+    """Class names of a config's data set, in class order: its label list
+    (VOC), or its annotation file's categories sorted by id (COCO)."""
     ds = cfg.get(dataset_key)
     if ds is None:
         ds = cfg.get('TrainDataset')
+    if isinstance(ds, ppkd.data.coco.CheckedCOCODataSet):
+        return ppkd.data.coco.category_names(os.path.join(ds.dataset_dir or '', ds.anno_path or ''))
     if ds is None or not getattr(ds, 'label_list', None):
         raise PPKDError(f'{cfg.get("config_path")}: {dataset_key} has no label_list')
     path = os.path.join(ds.dataset_dir or '', ds.label_list)

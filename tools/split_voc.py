@@ -4,6 +4,7 @@ and test.txt, and write label_list.txt from the class names found.
     python tools/split_voc.py DATASET_ROOT [--ratio 0.9] [--seed 0]
     python tools/split_voc.py DATASET_ROOT --imagesets trainval test [--out_dir DIR]
     python tools/split_voc.py DATASET_ROOT --labeled_fraction 0.25    # + unlabeled.txt
+    python tools/split_voc.py DATASET_ROOT --format coco              # + trainval.json, test.json
 """
 import argparse
 
@@ -23,12 +24,14 @@ def main(argv=None):
     p.add_argument('--out_dir', default=None, help='where the list files go (default: the root)')
     p.add_argument('--labeled_fraction', type=float, default=None,
                    help='keep this share of trainval labelled; list the rest in unlabeled.txt, images only')
+    p.add_argument('--format', default='voc', choices=('voc', 'coco'),
+                   help='coco: also write trainval.json and test.json (COCO detection format)')
     p.add_argument('--image_dir', default='JPEGImages')
     p.add_argument('--anno_dir', default='Annotations')
     args = p.parse_args(argv)
     out = split_voc(args.root, ratio=args.ratio, seed=args.seed, imagesets=args.imagesets,
                     out_dir=args.out_dir, image_dir=args.image_dir, anno_dir=args.anno_dir,
-                    labeled_fraction=args.labeled_fraction)
+                    labeled_fraction=args.labeled_fraction, fmt=args.format)
     unlabeled = f', unlabeled: {out["unlabeled"]} images' if args.labeled_fraction is not None else ''
     print(f'trainval: {out["trainval"]} images{unlabeled}, test: {out["test"]} images, '
           f'classes: {", ".join(out["classes"])}')

@@ -5,6 +5,7 @@ form ppdet's VOC reader reads. Images that cannot be used are reported with
 the reason, never silently dropped.
 """
 import collections
+import json
 import os
 import random
 
@@ -76,9 +77,29 @@ def _draw(stems, share, seed):
     return sorted(drawn[:n]), sorted(drawn[n:])
 
 
+def coco_json(root, stems, samples, classes, rel):
+    """COCO detection JSON of `stems` (their VOC annotations converted:
+    boxes as [x, y, w, h], category ids 1… in label-list order, file names
+    relative to the lists' folder)."""
+    images, annotations = [], []
+    for image_id, stem in enumerate(stems, start=1):
+        image, xml = samples[stem]
+        ann, _ = parse_voc_xml(os.path.join(root, xml))
+        images.append({'id': image_id, 'file_name': rel(image), 'width': int(ann['w']), 'height': int(ann['h'])})
+        for (x1, y1, x2, y2), name, difficult in zip(ann['boxes'].tolist(), ann['names'], ann['difficult'].tolist()):
+            annotations.append({'id': len(annotations) + 1, 'image_id': image_id,
+                                'category_id': classes.index(name) + 1, 'bbox': [x1, y1, x2 - x1, y2 - y1],
+                                'area': (x2 - x1) * (y2 - y1), 'iscrowd': int(difficult)})
+    return json.dumps({'info': {'description': f'converted from the VOC annotations of {root}'},
+                       'images': images, 'annotations': annotations,
+                       'categories': [{'id': i + 1, 'name': c} for i, c in enumerate(classes)]})
+
+
 def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
-              image_dir='JPEGImages', anno_dir='Annotations', labeled_fraction=None):
-    """Write trainval.txt, test.txt and label_list.txt; return a summary.
+              image_dir='JPEGImages', anno_dir='Annotations', labeled_fraction=None, fmt='voc'):
+    """Write trainval.txt, test.txt and label_list.txt (`fmt='coco'`: also
+    trainval.json and test.json, COCO detection format; VOC's difficult
+    boxes become iscrowd); return a summary.
 
     `imagesets` (e.g. ('trainval', 'test')) takes the split from
     ImageSets/Main/<name>.txt instead of drawing it with `ratio` and `seed`.
@@ -89,6 +110,8 @@ def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
     """
     if not 0. < ratio < 1.:
         raise PPKDError(f'ratio must be between 0 and 1, got {ratio}')
+    if fmt not in ('voc', 'coco'):
+        raise PPKDError(f'format must be voc or coco, got {fmt!r}')
     if labeled_fraction is not None and not 0. < labeled_fraction < 1.:
         raise PPKDError(f'labeled_fraction must be between 0 and 1, got {labeled_fraction}')
     samples, classes, skipped = scan_voc_folder(root, image_dir, anno_dir)
@@ -129,6 +152,9 @@ def split_voc(root, ratio=0.9, seed=0, imagesets=None, out_dir=None,
     for name, lines in lists.items():
         atomic_write_text(os.path.join(out_dir, name), ''.join(lines))
     atomic_write_text(os.path.join(out_dir, 'label_list.txt'), ''.join(c + '\n' for c in classes))
+    if fmt == 'coco':
+        for name, stems in (('trainval.json', trainval), ('test.json', test)):
+            atomic_write_text(os.path.join(out_dir, name), coco_json(root, stems, samples, classes, rel))
     reasons = collections.Counter(skipped.values())
     return {'trainval': len(trainval), 'test': len(test), 'unlabeled': len(unlabeled), 'classes': classes,
             'skipped': skipped, 'skip_reasons': dict(reasons)}
