@@ -11,6 +11,7 @@ is passed on.
 """
 import contextlib
 import io
+import logging
 import os
 import sys
 import warnings
@@ -30,6 +31,13 @@ def _import_quietly():
     with contextlib.redirect_stdout(captured[sys.stdout]), contextlib.redirect_stderr(captured[sys.stderr]):
         import paddle  # noqa: F401
         import ppdet.modeling  # noqa: F401  (imports the tracking modules that print the notices)
+    # Logging handlers made during the imports (ppdet's loggers) must write to the real streams.
+    real = {id(text): stream for stream, text in captured.items()}
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in real:
+            handler.setStream(real[id(handler.stream)])
     for stream, text in captured.items():
         stream.write(''.join(line for line in text.getvalue().splitlines(True) if not line.startswith(IMPORT_NOTICES)))
 
