@@ -16,6 +16,7 @@ import sys
 from common import ROOT, cpu_model, run_student, train_teacher, write
 
 sys.path.insert(0, ROOT)
+from ppkd import config as cfgmod  # noqa: E402
 from ppkd.cli import main_guard  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
@@ -65,8 +66,11 @@ def main():
     teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir, common)
     teacher_eval = final_scores(teacher_cfg, teacher_dir, data)
     n_test = round(DEMO_DATA['num_images'] * DEMO_DATA['test_ratio'])
-    settings = {**vars(args), 'cpu': cpu_model(), 'input_size': 128, 'batch_size': 8, 'teacher_epochs': 20,
-                'student_epochs': 10, 'teacher': os.path.relpath(teacher_cfg, ROOT),
+    epochs = {role: cfgmod.load_config(cfg, common)['epoch'] for role, cfg in (('teacher', teacher_cfg),
+                                                                              ('student', DEMO_STUDENT))}
+    settings = {**vars(args), 'cpu': cpu_model(), 'input_size': 128, 'batch_size': 8,
+                'teacher_epochs': epochs['teacher'], 'student_epochs': epochs['student'],
+                'teacher': os.path.relpath(teacher_cfg, ROOT),
                 'student': os.path.relpath(DEMO_STUDENT, ROOT),
                 'data': f'the demo\'s generated shapes ({DEMO_DATA["num_images"]} labelled images: '
                         f'{DEMO_DATA["num_images"] - n_test} train / {n_test} test, '
