@@ -25,7 +25,8 @@ def main(argv=None):
     p.add_argument('-d', '--distilled', help='CONFIG.yml:WEIGHTS')
     p.add_argument('-o', '--opt', nargs='*', default=[], help='overrides for every model (e.g. dataset_dir=DIR)')
     p.add_argument('--images', type=int, default=4, help='test images in the detection grid')
-    p.add_argument('--threshold', type=float, default=0.3, help='score threshold of drawn detections')
+    p.add_argument('--threshold', type=float, default=0.1,
+                   help='score threshold of drawn detections (small students score low: 0.1 shows what they find)')
     p.add_argument('--output_dir', default='report')
     args = p.parse_args(argv)
     setup_logging()
