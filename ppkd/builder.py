@@ -121,9 +121,8 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
     check_teacher_training_classes(student_cfg, path)
     logger.info('teacher weights loaded from %s', path)
     losses = []
+    known = sorted(k for k, v in student_cfg.items() if isinstance(v, SchemaDict) and _is_distill_loss(v))
     for name in distill_loss_names(student_cfg):
-        known = sorted(k for k, v in student_cfg.items()
-                       if isinstance(v, SchemaDict) and _is_distill_loss(v))
         if name not in known:
             near = difflib.get_close_matches(str(name), known, n=1)
             hint = f'did you mean {near[0]}?' if near else f'known: {", ".join(known)}'

@@ -21,9 +21,9 @@ class OutputRecorder:
 
     A name is a sublayer path (`yolo_head.yolo_output.0`, recorded by a
     forward hook), such a path with an index (`neck[0]`: element 0 of the
-    list a neck returns, one feature level), or a callable attribute of a sublayer that is not a layer
-    itself (`rpn_head.rpn_target_assign`, recorded by wrapping that attribute
-    on this model instance only). `outputs[name]` lists the outputs of every
+    list a neck returns, one feature level), or a callable attribute of a
+    sublayer that is not a layer itself (`rpn_head.rpn_target_assign`,
+    recorded by wrapping that attribute on this model instance only). `outputs[name]` lists the outputs of every
     call since `clear()` — a layer shared across FPN levels is called once
     per level.
 

@@ -3,6 +3,7 @@ one table, a per-class AP chart, the training curves from each run's
 `metrics.jsonl`, and the same test images with each model's detections side
 by side; written as `report.md` and `report.html` with its pictures."""
 import html
+import io
 import json
 import os
 
@@ -17,7 +18,7 @@ from ppkd.data.loader import build_reader, epoch_batches
 from ppkd.engine.evaluator import evaluate
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
-from ppkd.utils import atomic_write_bytes, atomic_write_text
+from ppkd.utils import atomic_write_bytes, atomic_write_png, atomic_write_text
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
@@ -82,9 +83,10 @@ def _run_metrics(weights):
 
 def _save_figure(fig, path):
     fig.tight_layout()
-    fig.savefig(path + '.tmp.png', dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=110)
     plt.close(fig)
-    os.replace(path + '.tmp.png', path)
+    atomic_write_bytes(path, png.getvalue())
 
 
 def per_class_chart(results, path):
@@ -158,10 +160,7 @@ def detection_grid(results, path, threshold):
                             cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
             row.append(panel)
         rows.append(np.hstack(row))
-    ok, encoded = cv2.imencode('.png', np.vstack(rows))
-    if not ok:
-        raise PPKDError(f'could not encode {path}')
-    atomic_write_bytes(path, encoded.tobytes())
+    atomic_write_png(path, np.vstack(rows))
     return True
 
 

@@ -2,6 +2,10 @@
 import os
 import tempfile
 
+import cv2
+
+from ppkd.errors import PPKDError
+
 
 def _atomic_write(path, data, mode):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp-')
@@ -24,3 +28,11 @@ def atomic_write_text(path, text):
 def atomic_write_bytes(path, data):
     """`atomic_write_text` for bytes."""
     _atomic_write(path, data, 'wb')
+
+
+def atomic_write_png(path, image):
+    """An image array (BGR) written as a PNG, atomically."""
+    ok, encoded = cv2.imencode('.png', image)
+    if not ok:
+        raise PPKDError(f'could not encode {path}')
+    atomic_write_bytes(path, encoded.tobytes())

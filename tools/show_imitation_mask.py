@@ -24,7 +24,7 @@ from ppkd.errors import PPKDError
 from ppkd.losses.imitation import FineGrainedImitation
 from ppkd.recorders import OutputRecorder
 from ppkd.teacher import TEACHER_FORWARDS
-from ppkd.utils import atomic_write_bytes
+from ppkd.utils import atomic_write_png
 
 
 def _annotation_of(image):
@@ -112,10 +112,7 @@ def main(argv=None):
               for name, (h, w), m in zip(loss.student_layers, sizes, masks)]
     picture = draw_panels(resized, boxes, masks, titles)
     output = args.output or os.path.splitext(os.path.basename(args.image))[0] + '_imitation_mask.png'
-    ok, encoded = cv2.imencode('.png', picture)
-    if not ok:
-        raise PPKDError(f'could not encode {output}')
-    atomic_write_bytes(output, encoded.tobytes())
+    atomic_write_png(output, picture)
     for title in titles:
         print(title)
     print(f'written to {output}')

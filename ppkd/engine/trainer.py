@@ -107,6 +107,10 @@ class Trainer:
         self.world_size = paddle.distributed.get_world_size()
         self.rank = paddle.distributed.get_rank()
         self.vdl = VisualDLLog(vdl_log_dir) if vdl_log_dir and self.rank == 0 else None
+        try:  # the class order these weights train in, saved with each checkpoint and checked when they teach
+            self.classes = cfgmod.label_names(cfg, 'TrainDataset')
+        except PPKDError:
+            self.classes = None
         self.model = model
         self.student = getattr(model, 'student', model)
         self.loader = build_reader(cfg, 'Train')
@@ -160,10 +164,8 @@ class Trainer:
         extra = {}
         if hasattr(self.model, 'distill_losses'):
             extra['distill_losses'] = self.model.distill_losses.state_dict()
-        try:  # the class order these weights were trained in, checked when they teach
-            extra['classes'] = cfgmod.label_names(self.cfg, 'TrainDataset')
-        except PPKDError:
-            pass
+        if self.classes is not None:
+            extra['classes'] = self.classes
         save_checkpoint(os.path.join(self.output_dir, name), self.student, self.optimizer,
                         epoch=epoch, extra_state=extra, best=self.best_map, model=self.model)
         logger.info('saved checkpoint %s', os.path.join(self.output_dir, name))

@@ -27,6 +27,13 @@ def layer_channels(model, name, loss_name):
                     f'set {loss_name}.student_channels / teacher_channels')
 
 
+def per_location(maps, width):
+    """Per-level head maps `[N, K·width, H, W]` → `[N, Σ H·W·K, width]`, in
+    the order ppdet's anchor and prior targets use (level, row, column,
+    anchor)."""
+    return paddle.concat([m.transpose([0, 2, 3, 1]).reshape([m.shape[0], -1, width]) for m in maps], axis=1)
+
+
 class DistillLoss(nn.Layer):
     """A distillation loss reads the recorded outputs of named student and
     teacher parts and returns its terms by name.
@@ -36,8 +43,9 @@ class DistillLoss(nn.Layer):
     a sublayer's callable attribute, see `OutputRecorder`) and adds
     `weight · term` for every term to the detection loss. `forward` also
     receives the batch the outputs were recorded on (ground-truth boxes,
-    image size), so a loss that needs it takes it from there. A loss with trainable parts (an adapter) creates them in
-    `bind`, so they train with the student and are saved beside it.
+    image size), so a loss that needs it takes it from there. A loss with
+    trainable parts (an adapter) creates them in `bind`, so they train with
+    the student and are saved beside it.
 
     `det_loss_scale` ({student loss term: factor}) lets a method re-weight the
     student's own detection terms, e.g. the hard share μ of a classification

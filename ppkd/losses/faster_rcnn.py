@@ -16,7 +16,7 @@ from ppdet.core.workspace import register
 from ppdet.modeling.bbox_utils import bbox2delta
 
 from ppkd.errors import PPKDError
-from ppkd.losses.base import DistillLoss, layer_channels
+from ppkd.losses.base import DistillLoss, layer_channels, per_location
 from ppkd.teacher import STUDENT_ROIS
 
 logger = logging.getLogger('ppkd')
@@ -94,10 +94,8 @@ def rpn_matches(student, teacher):
 
 
 def _per_anchor(maps, width):
-    """Per-level RPN maps `[N, A·width, H, W]` → `[N·M, width]` in the
-    anchor order of ppdet's RPN targets."""
-    flat = [paddle.reshape(paddle.transpose(m, [0, 2, 3, 1]), [m.shape[0], -1, width]) for m in maps]
-    return paddle.reshape(paddle.concat(flat, axis=1), [-1, width])
+    """Per-level RPN maps → `[N·M, width]` in the anchor order of ppdet's RPN targets."""
+    return paddle.reshape(per_location(maps, width), [-1, width])
 
 
 def _class_deltas(deltas, labels):

@@ -10,7 +10,7 @@ import paddle.nn.functional as F
 from ppdet.core.workspace import register
 
 from ppkd.errors import PPKDError
-from ppkd.losses.base import DistillLoss
+from ppkd.losses.base import DistillLoss, per_location
 from ppkd.losses.faster_rcnn import bounded_regression
 
 logger = logging.getLogger('ppkd')
@@ -36,12 +36,6 @@ def weighted_soft_kl(student_logits, teacher_logits, temperature=1.0, background
     log_s = F.log_softmax(student_logits / temperature, axis=-1)
     per_class = paddle.exp(log_t) * (log_t - log_s) * paddle.to_tensor(weights, dtype=log_s.dtype)
     return temperature ** 2 * per_class.sum()
-
-
-def _per_prior(maps, width):
-    """The head's per-level maps `[N, K·width, H, W]` → `[N, P, width]`, in
-    the prior order of ppdet's SSD head (row, column, prior)."""
-    return paddle.concat([m.transpose([0, 2, 3, 1]).reshape([m.shape[0], -1, width]) for m in maps], axis=1)
 
 
 def prior_layout(model):
@@ -99,8 +93,8 @@ class SSDDistill(DistillLoss):
     def forward(self, student, teacher, inputs):
         s_maps, t_maps = self.gather(student, teacher)
         n = self.num_levels
-        s_boxes, s_scores = _per_prior(s_maps[:n], 4), _per_prior(s_maps[n:2 * n], self.num_classes)
-        t_boxes, t_scores = _per_prior(t_maps[:n], 4), _per_prior(t_maps[n:], self.num_classes)
+        s_boxes, s_scores = per_location(s_maps[:n], 4), per_location(s_maps[n:2 * n], self.num_classes)
+        t_boxes, t_scores = per_location(t_maps[:n], 4), per_location(t_maps[n:], self.num_classes)
         targets_bbox, targets_label = s_maps[2 * n]
         sample = s_maps[2 * n + 1]  # positives and mined negatives, [N, P] bool
         labels = targets_label.squeeze(-1)
