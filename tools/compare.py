@@ -36,11 +36,11 @@ def main(argv=None):
         raise PPKDError('give at least two of -t, -b, -d (CONFIG.yml:WEIGHTS each)')
     if args.images < 0:
         raise PPKDError(f'--images must be ≥ 0, got {args.images}')
+    # every path checked before the first model spends minutes on evaluation
+    models = [(name, *parse_spec(spec, name)) for name, spec in specs]
+    setup_run({})
     results = []
-    for name, spec in specs:
-        config, weights = parse_spec(spec, name)
-        if not results:
-            setup_run({})
+    for name, config, weights in models:
         results.append(run_model(name, config, weights, args.opt, args.images, args.threshold))
         print(f'{name}: mAP {results[-1]["mAP"]:.2f}% over {results[-1]["images"]} images', flush=True)
     if len({tuple(r['classes']) for r in results}) > 1:
