@@ -121,6 +121,12 @@ class Distiller(nn.Layer):
     def trainable_parameters(self):
         return [p for p in self.parameters() if not p.stop_gradient]
 
+    def data_parallel_part(self):
+        """The layer `paddle.DataParallel` wraps: it runs this distiller's
+        step but owns only the student and the losses' layers, so the
+        teacher is neither broadcast nor hooked for gradient averaging."""
+        return _TrainedPart(self)
+
     def _detection_loss(self, outputs):
         """The student's own loss, its terms re-weighted where a method asks
         (`DistillLoss.det_loss_scale`)."""
@@ -209,3 +215,26 @@ class Distiller(nn.Layer):
         outputs['det_loss'] = det_loss
         outputs['loss'] = total
         return outputs
+
+
+class _TrainedPart(nn.Layer):
+    """The student and the loss layers as sublayers; the distiller (and
+    through it the teacher) held as a plain reference, outside the layer
+    tree that data parallelism synchronises."""
+
+    def __init__(self, distiller):
+        super().__init__()
+        self.student = distiller.student
+        self.distill_losses = distiller.distill_losses
+        self.__dict__['distiller'] = distiller
+
+    def train(self):
+        self.distiller.train()
+        return self
+
+    def eval(self):
+        self.distiller.eval()
+        return self
+
+    def forward(self, inputs, unlabeled=None):
+        return self.distiller(inputs, unlabeled)

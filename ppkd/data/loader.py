@@ -6,6 +6,8 @@ its loading thread then draws augmentations from the global RNG at its own
 pace. ppkd stops that eager iterator and opens each epoch's pass after
 seeding, so a run (and a resumed run) sees the same batches every time.
 """
+import paddle
+
 from ppkd import config as cfgmod
 from ppkd.data.unlabeled import UnlabeledImages, unlabeled_section
 from ppkd.errors import PPKDError
@@ -26,7 +28,9 @@ def build_reader(cfg, mode, dataset=None, batch_size=None):
         # (whose false positives must count).
         reader.drop_last = False
         dataset.allow_empty = True
-    reader = reader(dataset, cfg.get('worker_num', 0))
+    # ppdet shards every reader across processes; an evaluation reads the whole set.
+    sampler = paddle.io.BatchSampler(dataset, batch_size=reader.batch_size) if mode == 'Eval' else None
+    reader = reader(dataset, cfg.get('worker_num', 0), sampler)
     eager = getattr(reader, 'loader', None)
     if eager is not None and hasattr(eager, '_try_shutdown_all'):
         eager._try_shutdown_all()

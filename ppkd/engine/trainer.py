@@ -20,6 +20,7 @@ from ppkd.engine.checkpoint import load_resume_state, optimizer_state_for_loadin
 from ppkd.data.loader import build_reader, build_unlabeled_reader, endless_batches, epoch_batches
 from ppkd.engine.evaluator import evaluate
 from ppkd.engine.visualdl import VisualDLLog
+from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError
 from ppkd.teacher import load_weights
 from ppkd.threads import wait_policy_tuner
@@ -47,8 +48,12 @@ def setup_run(cfg, seed=0):
         paddle.set_device('gpu')
     else:
         paddle.set_device('cpu')
-    logger.info('device: %s, CPU threads: %s, paddle %s, seed %d', paddle.get_device(),
-                os.environ.get('OMP_NUM_THREADS', '1'), paddle.__version__, seed)
+    rank, world_size = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
+    if rank > 0:  # one voice: rank 0 logs progress; the others' warnings and errors still show
+        logger.setLevel(logging.WARNING)
+    logger.info('device: %s, CPU threads: %s, paddle %s, seed %d%s', paddle.get_device(),
+                os.environ.get('OMP_NUM_THREADS', '1'), paddle.__version__, seed,
+                f', {world_size} processes' if world_size > 1 else '')
     seed_everything(seed)
 
 
@@ -102,7 +107,6 @@ class Trainer:
         self.cfg = cfg
         self.amp = amp_available(cfg) if amp else False
         self.seed = seed
-        self.do_eval = eval
         self.output_dir = output_dir or default_output_dir(cfg)
         self.world_size = paddle.distributed.get_world_size()
         self.rank = paddle.distributed.get_rank()
@@ -126,12 +130,16 @@ class Trainer:
         self.to_static = to_static
         if self.world_size > 1:
             paddle.distributed.init_parallel_env()
-            self.train_model = paddle.DataParallel(model)
+            part = model.data_parallel_part() if isinstance(model, Distiller) else model
+            self.train_model = paddle.DataParallel(
+                part, find_unused_parameters=bool(cfg.get('find_unused_parameters', False)))
         if to_static:
             self.train_model = paddle.jit.to_static(self.train_model)
         self.scaler = amp_scaler(self.amp)
-        # Built now so that a bad evaluation set fails before training, not after it.
-        self.eval_loader = build_reader(cfg, 'Eval') if eval else None
+        # Built now so that a bad evaluation set fails before training, not
+        # after it. Rank 0 evaluates, over the whole set, for every rank.
+        self.do_eval = eval and self.rank == 0
+        self.eval_loader = build_reader(cfg, 'Eval') if self.do_eval else None
         # Distillation on unlabeled images: one unlabeled batch beside each labelled one.
         self.unlabeled_loader = build_unlabeled_reader(cfg) if self.student is not model else None
 
@@ -192,7 +200,8 @@ class Trainer:
 
     def train(self):
         """Train from `start_epoch` to the end; returns the history of evals."""
-        os.makedirs(self.output_dir, exist_ok=True)
+        if self.rank == 0:
+            os.makedirs(self.output_dir, exist_ok=True)
         log_iter = int(self.cfg.get('log_iter', 20))
         snapshot = int(self.cfg.get('snapshot_epoch', 1))
         total_iters = self.epochs * self.steps_per_epoch
