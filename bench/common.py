@@ -66,12 +66,12 @@ def std(xs):
     return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
 
 
-def paired_gain(runs, method, baseline):
-    """Per seed run by both, mAP(method) − mAP(baseline); with the mean, its
-    standard error and whether it is a gain: mean > 2 × standard error, or
-    positive on every seed (README's criterion)."""
-    base = {r['seed']: r['mAP'] for r in runs if r['method'] == baseline}
-    diffs = {r['seed']: r['mAP'] - base[r['seed']] for r in runs if r['method'] == method and r['seed'] in base}
+def paired_gain(runs, method, baseline, key='mAP'):
+    """Per seed run by both, score(method) − score(baseline); with the mean,
+    its standard error and whether it is a gain: mean > 2 × standard error,
+    or positive on every seed, over at least 3 seeds (README's criterion)."""
+    base = {r['seed']: r[key] for r in runs if r['method'] == baseline}
+    diffs = {r['seed']: r[key] - base[r['seed']] for r in runs if r['method'] == method and r['seed'] in base}
     values = list(diffs.values())
     se = std(values) / len(values) ** 0.5 if values else float('nan')
     gain = bool(values) and len(values) >= 3 and (mean(values) > 2 * se or all(d > 0 for d in values))
@@ -232,24 +232,31 @@ def write(results, out, teacher_label, title, baseline='no teacher'):
             + '. CPU: ' + s.get('cpu', '?') + '.\n')
     atomic_write_text(out + '.md', '\n'.join(lines) + '\n' + note)
     atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
+    save_curves(results['runs'], out + '.png', 'mAP@0.5 (%)', title)
+    print('\n'.join(lines))
+
+
+def save_curves(runs, path, ylabel, title, reference=None):
+    """Each run's evaluations against iteration, one colour per method (a
+    dotted line at `reference`, e.g. the teacher's final score)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {m: f'C{i}' for i, m in enumerate(dict.fromkeys(r['method'] for r in results['runs']))}
-    for r in results['runs']:
+    colours = {m: f'C{i}' for i, m in enumerate(dict.fromkeys(r['method'] for r in runs))}
+    for r in runs:
         if not r['curve']:
             continue
         xs, ys = zip(*r['curve'])
-        first = r is next(x for x in results['runs'] if x['method'] == r['method'])
-        ax.plot(xs, ys, marker='o', color=colours[r['method']], alpha=0.8,
-                label=r['method'] if first else None)
+        first = r is next(x for x in runs if x['method'] == r['method'])
+        ax.plot(xs, ys, marker='o', color=colours[r['method']], alpha=0.8, label=r['method'] if first else None)
+    if reference is not None:
+        ax.axhline(reference, color='k', linestyle=':', label='teacher (final)')
     ax.set_xlabel('iteration')
-    ax.set_ylabel('mAP@0.5 (%)')
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out + '.png.tmp', format='png')
-    os.replace(out + '.png.tmp', out + '.png')
-    print('\n'.join(lines))
+    fig.savefig(path + '.tmp', format='png')
+    os.replace(path + '.tmp', path)
 

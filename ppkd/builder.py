@@ -14,6 +14,8 @@ from ppkd.data.unlabeled import unlabeled_section
 from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError
 from ppkd.losses import DistillLoss
+from ppkd import teacher_check
+from ppkd.tasks import task_of
 from ppkd.teacher import load_weights
 
 logger = logging.getLogger('ppkd')
@@ -23,7 +25,11 @@ DEFAULT_LOSSES = {'YOLOv3': ['YOLOv3L2Distill']}
 
 
 def build_model(cfg):
-    """The config's detector, with `pretrain_weights` loaded if set."""
+    """The config's model: a PaddleSeg model (its `pretrained` weights
+    loaded by itself), or a ppdet detector with `pretrain_weights` loaded
+    if set."""
+    if cfg.get('task') == 'segmentation':
+        return task_of(cfg).build_model()
     model = cfgmod.build(cfg, cfg['architecture'])
     if cfg.get('pretrain_weights'):
         with cfgmod.active(cfg):
@@ -31,13 +37,29 @@ def build_model(cfg):
     return model
 
 
+def _class_names(cfg):
+    """A config's class names: its test set's label list (detection), its
+    training set's names (segmentation)."""
+    return task_of(cfg).class_names() if cfg.get('task') == 'segmentation' else cfgmod.label_names(cfg)
+
+
+def _num_classes(cfg):
+    if cfg.get('task') == 'segmentation':
+        return (cfg.get('model') or {}).get('num_classes')
+    return cfg.get('num_classes')
+
+
 def check_same_classes(student_cfg, teacher_cfg):
-    s_n, t_n = student_cfg.get('num_classes'), teacher_cfg.get('num_classes')
+    if student_cfg.get('task') != teacher_cfg.get('task'):
+        raise PPKDError(f'teacher {teacher_cfg["config_path"]} and student {student_cfg["config_path"]} are configs '
+                        f'of different tasks ({teacher_cfg.get("task", "detection")}, '
+                        f'{student_cfg.get("task", "detection")})')
+    s_n, t_n = _num_classes(student_cfg), _num_classes(teacher_cfg)
     if s_n != t_n:
         raise PPKDError(f'teacher {teacher_cfg["config_path"]} has {t_n} classes, '
                         f'student {student_cfg["config_path"]} has {s_n}')
     try:
-        s_names, t_names = cfgmod.label_names(student_cfg), cfgmod.label_names(teacher_cfg)
+        s_names, t_names = _class_names(student_cfg), _class_names(teacher_cfg)
     except PPKDError as e:
         logger.warning('class lists not compared (%s); the reader will need them', e)
         return
@@ -68,7 +90,7 @@ def check_teacher_training_classes(student_cfg, weights_path):
                     weights_path)
         return
     try:
-        student = cfgmod.label_names(student_cfg)
+        student = _class_names(student_cfg)
     except PPKDError:
         return
     if list(trained) != list(student):
@@ -96,12 +118,12 @@ def distill_loss_names(cfg):
     if cfg.get('use_fine_grained_loss'):
         return ['YOLOv3FineGrainedDistill']
     section = distill_section(cfg)
-    names = section.get('losses') or DEFAULT_LOSSES.get(cfg['architecture'])
+    names = section.get('losses') or DEFAULT_LOSSES.get(cfg.get('architecture'))
     if isinstance(names, str):  # `losses: YOLOv3L2Distill`, one name without brackets
         names = [names]
     if not names:
         raise PPKDError(f'{cfg["config_path"]}: no distill.losses given and no default '
-                        f'for architecture {cfg["architecture"]}')
+                        f'for architecture {cfg.get("architecture", (cfg.get("model") or {}).get("type"))}')
     return list(names)
 
 
@@ -110,16 +132,24 @@ def _is_distill_loss(module):
     return isinstance(cls, type) and issubclass(cls, DistillLoss)
 
 
-def build_distiller(student_cfg, teacher_cfg, teacher_weights):
+def build_distiller(student_cfg, teacher_cfg, teacher_weights, check_teacher=False):
     """Student and teacher merged, the teacher's weights loaded and frozen,
-    with the losses the student config's `distill:` section names."""
+    with the losses the student config's `distill:` section names. With
+    `check_teacher`, the teacher is first scored on the student's test
+    images (`ppkd.teacher_check`)."""
     check_same_classes(student_cfg, teacher_cfg)
-    check_same_normalisation(student_cfg, teacher_cfg)
+    segmentation = student_cfg.get('task') == 'segmentation'
+    if not segmentation:
+        check_same_normalisation(student_cfg, teacher_cfg)
     student = build_model(student_cfg)
-    teacher = cfgmod.build(teacher_cfg, teacher_cfg['architecture'])
+    # The teacher's own pretrained backbone would be loaded and then replaced: built without it.
+    teacher = (task_of(teacher_cfg).build_model() if segmentation
+               else cfgmod.build(teacher_cfg, teacher_cfg['architecture']))
     path = load_weights(teacher, teacher_weights, role=f'teacher ({teacher_cfg["config_path"]})')
     check_teacher_training_classes(student_cfg, path)
     logger.info('teacher weights loaded from %s', path)
+    if check_teacher:
+        teacher_check.check_teacher(task_of(student_cfg), teacher, path)
     losses = []
     known = sorted(k for k, v in student_cfg.items() if isinstance(v, SchemaDict) and _is_distill_loss(v))
     for name in distill_loss_names(student_cfg):
@@ -133,8 +163,12 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights):
     section = distill_section(student_cfg)
     schedule, balance = schedule_from_config(section)
     unlabeled = unlabeled_section(student_cfg)
+    if segmentation and unlabeled is not None:
+        raise PPKDError(f'{student_cfg["config_path"]}: distill.unlabeled is for detection configs only')
+    # A segmentation teacher runs in dygraph: Paddle Inference is wired for the detectors' image parts.
+    engine = None if segmentation else _compile_engine(student_cfg, section.get('compile_teacher', 'auto'))
     return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', False),
-                     compile_teacher=_compile_engine(student_cfg, section.get('compile_teacher', 'auto')),
+                     compile_teacher=engine, task=task_of(student_cfg),
                      tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)),
                      schedule=schedule, balance=balance,
                      unlabeled_weight=None if unlabeled is None else float(unlabeled.get('weight', 1.)),

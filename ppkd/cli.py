@@ -23,9 +23,17 @@ def train_parser(description):
     return p
 
 
+def add_teacher_arguments(p):
+    """The teacher's flags (distill.py, train_autoencoder.py)."""
+    p.add_argument('-t', '--teacher_config', required=True, help='teacher config (YAML)')
+    p.add_argument('--teacher_pretrained', required=True, help='teacher weights (.pdparams)')
+    p.add_argument('--teacher_opt', nargs='*', default=[], help='teacher config overrides, key=value')
+    return p
+
+
 def main_guard(fn):
-    """Run `fn`; a PPKDError becomes `error: ...` on stderr and exit 2,
-    Ctrl-C one line and exit 130 (checkpoints are written whole or not at
+    """Run `fn`; a PPKDError becomes `error: ...` on stderr and exit 2 (an
+    OSError too, as its path and reason), Ctrl-C one line and exit 130 (checkpoints are written whole or not at
     all, so the last complete one stays)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,6 +41,11 @@ def main_guard(fn):
             return fn(*args, **kwargs)
         except PPKDError as e:
             print(f'error: {e}', file=sys.stderr)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            # An output folder whose parent is a file, a read-only folder, a full disk: the path and the reason.
+            where = f'{e.filename}: ' if e.filename else ''
+            print(f'error: {where}{e.strerror or e}', file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print('error: interrupted (Ctrl-C); the last complete checkpoint is kept', file=sys.stderr)

@@ -187,6 +187,36 @@ def _bbox_get_pred_0d():
     _concat_0d_during('bbox_get_pred_0d', post_process.BBoxPostProcess, 'get_pred', post_process)
 
 
+class _PaddleFloatOnes:
+    """The `paddle` module as PaddleSeg's cross-entropy sees it, except that
+    `ones_like` of an integer label gives float32 ones: its unit pixel
+    weights then multiply the float32 mask, which Paddle 3's type promotion
+    refuses for int64."""
+
+    def __getattr__(self, name):
+        return getattr(paddle, name)
+
+    @staticmethod
+    def ones_like(x, dtype=None, name=None):
+        if dtype is None and not paddle.is_floating_point(x):
+            dtype = 'float32'
+        return paddle.ones_like(x, dtype=dtype, name=name)
+
+
+def _paddleseg_ce_float_weights():
+    """CrossEntropyLoss._post_process_loss (and so DistillCrossEntropyLoss):
+    `mask * coef`, float32 × int64."""
+    from paddleseg.models.losses import cross_entropy_loss
+    _module_paddle_during('paddleseg_ce_float_weights', cross_entropy_loss.CrossEntropyLoss, '_post_process_loss',
+                          cross_entropy_loss, _PaddleFloatOnes)
+
+
+def _paddleseg_area_0d():
+    """metrics.calculate_area concatenates the per-class 0-D pixel counts."""
+    from paddleseg.utils import metrics
+    _concat_0d_during('paddleseg_area_0d', metrics, 'calculate_area', metrics)
+
+
 def inference_needs_legacy_ir():
     """Paddle 3's PIR inference passes crash on ppdet models (3.3.1:
     `conv_activation_mkldnn_fuse_pass` segfaults building FusedConv2dOp on
@@ -216,9 +246,17 @@ FIXES = {
 }
 
 
-def apply(only=None):
-    """Apply every fix this stack needs (or just `only`); idempotent."""
-    for name, (needed, fix) in FIXES.items():
+# Applied when the segmentation task loads (importing PaddleSeg costs every detection command otherwise).
+PADDLESEG_FIXES = {
+    'paddleseg_ce_float_weights': (lambda: paddle_version() >= (3, 0), _paddleseg_ce_float_weights),
+    'paddleseg_area_0d': (_zero_d_tensors, _paddleseg_area_0d),
+}
+
+
+def apply(only=None, fixes=None):
+    """Apply every fix of `fixes` (ppdet's by default) this stack needs (or
+    just `only`); idempotent."""
+    for name, (needed, fix) in (FIXES if fixes is None else fixes).items():
         if (only is None or name in only) and name not in _applied and needed():
             fix()
             _applied.add(name)

@@ -21,12 +21,13 @@ import ppkd.data.coco  # noqa: F401  registers CheckedCOCODataSet for YAML tags
 import ppkd.data.voc  # noqa: F401  registers CheckedVOCDataSet for YAML tags
 import ppkd.losses  # noqa: F401  registers the distillation losses
 from ppkd.errors import PPKDError
+from ppkd.tasks import is_segmentation_file
 
 DATASET_KEYS = ('TrainDataset', 'EvalDataset', 'TestDataset')
 # The `**kwargs` of these constructors that ppdet reads (DetDataset.set_kwargs).
 KWARGS_READ = {'BaseDataLoader': ('mixup_epoch', 'cutmix_epoch', 'mosaic_epoch', 'pre_img_epoch')}
 # Top-level keys a command line may add that a config file need not hold.
-COMMAND_LINE_KEYS = ('weights', 'use_fine_grained_loss', 'distill', 'use_gpu', 'use_vdl', 'vdl_log_dir')
+COMMAND_LINE_KEYS = ('weights', 'use_fine_grained_loss', 'distill', 'use_gpu', 'use_vdl', 'vdl_log_dir', 'snapshot_iter')
 
 compat.apply()
 
@@ -73,7 +74,7 @@ def _refuse_unknown(key, where, candidates, what):
     raise PPKDError(f'override {where}: unknown {what} {key!r}{hint}')
 
 
-def _merge(target, overrides, path=''):
+def merge_overrides(target, overrides, path=''):
     """Merge nested overrides into a loaded config; reaches into objects that
     YAML tags built (e.g. `TrainDataset.dataset_dir`) instead of replacing them.
     A key that nothing reads is refused: a new top-level key, or a key a
@@ -90,13 +91,13 @@ def _merge(target, overrides, path=''):
         if isinstance(target, dict):
             current = target.get(key)
             if isinstance(value, dict) and current is not None and not isinstance(current, (int, float, str, list)):
-                _merge(current, value, where + '.')
+                merge_overrides(current, value, where + '.')
             else:
                 target[key] = value
         elif hasattr(target, key):
             current = getattr(target, key)
             if isinstance(value, dict) and isinstance(current, dict):
-                _merge(current, value, where + '.')
+                merge_overrides(current, value, where + '.')
             else:
                 setattr(target, key, value)
         else:
@@ -179,17 +180,25 @@ def _check_counts(cfg):
             raise PPKDError(f'{cfg["config_path"]}: {key} must be a positive integer, got {value!r}')
 
 
+def registry_copy():
+    """Per-config copies of ppdet's registry (every `@register`ed module's
+    defaults), so merging a config never touches the shared one."""
+    return AttrDict(**{k: v.copy() for k, v in workspace.get_registered_modules().items()})
+
+
 def load_config(path, overrides=None):
     """The config at `path` with its bases and `overrides` (a dict or a list
     of 'key=value' strings) merged in, isolated from every other config."""
     file_cfg = _read_yaml(path)
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(overrides)
-    # Per-config copies of the registry, so merging never touches the shared one.
-    cfg = AttrDict(**{k: v.copy() for k, v in workspace.get_registered_modules().items()})
+    if is_segmentation_file(file_cfg):
+        from ppkd.tasks.segmentation import load_seg_config
+        return load_seg_config(path, overrides)
+    cfg = registry_copy()
     workspace.dict_merge(cfg, file_cfg)
     if overrides:
-        _merge(cfg, overrides)
+        merge_overrides(cfg, overrides)
     # As ppdet's own loader: the file's name with its extension (ppdet's
     # exporter strips the extension itself: `…_x0.5.yml` → `…_x0.5`).
     cfg['filename'] = os.path.basename(path)

@@ -10,6 +10,7 @@ from ppkd.compiled_teacher import compile_teacher
 from ppkd.errors import PPKDError
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
+from ppkd.tasks.detection import DetectionTask
 from ppkd.teacher import TEACHER_FORWARDS, freeze, run_for_features
 
 logger = logging.getLogger('ppkd')
@@ -17,7 +18,8 @@ logger = logging.getLogger('ppkd')
 
 class Distiller(nn.Layer):
     """In training, returns the student's loss dict plus each distillation
-    term and `det_loss`, with `loss` = det_loss + Σ weight · term. In eval,
+    term and its own loss (`det_loss`; a segmenter's `task_loss`), with
+    `loss` = own loss + Σ weight · term. In eval,
     it is the student alone.
 
     The teacher stays in eval mode whatever `train()` is called on this
@@ -38,8 +40,10 @@ class Distiller(nn.Layer):
     """
 
     def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
-                 tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None, labeled_weight=1.):
+                 tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None, labeled_weight=1.,
+                 task=None):
         super().__init__()
+        self.task = task or DetectionTask(None)
         self.labeled_weight = float(labeled_weight)
         self.schedule = schedule or WeightSchedule()
         self.balance = balance or AutoBalance()
@@ -51,9 +55,9 @@ class Distiller(nn.Layer):
         self.compiled_teacher = None
         self.student = student
         self.teacher = freeze(teacher)
-        self._teacher_forwards = TEACHER_FORWARDS.get(type(teacher).__name__)
+        self._teacher_forwards = self.task.teacher_forwards(teacher)
         # The student's image part, for unlabeled images (looked up here, outside traced code).
-        self._student_image_part = TEACHER_FORWARDS.get(type(student).__name__, (None, None))[0]
+        self._student_image_part = (self.task.teacher_forwards(student) or (None, None))[0]
         self.distill_losses = nn.LayerList(losses)
         for loss in losses:
             loss.bind(student, teacher)
@@ -155,7 +159,7 @@ class Distiller(nn.Layer):
             labelled, unlabeled = self._term_names.get(id(loss), ([], []))
             terms[loss] = (self.labeled_weight * sum(value(n) for n in labelled)
                            + (self.unlabeled_weight or 0.) * sum(value(n) for n in unlabeled))
-        for loss, weight in self.balance.observe(iteration, value('det_loss'), terms).items():
+        for loss, weight in self.balance.observe(iteration, value(self.task.own_loss_key), terms).items():
             loss.weight = weight
 
     def _add_terms(self, outputs, total, inputs, suffix='', scale=1.):
@@ -175,7 +179,7 @@ class Distiller(nn.Layer):
         names = set(self.teacher_recorder.names)
         if self.compiled_teacher is not None:
             try:
-                outputs, feats = self.compiled_teacher.record(inputs['image'])
+                outputs, feats = self.compiled_teacher.record(self.task.images(inputs))
             except Exception as e:  # noqa: BLE001  e.g. an input the compiled form refuses: fall back, say so
                 logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
                                str(e).strip().splitlines()[-1] if str(e).strip() else '')
@@ -197,7 +201,7 @@ class Distiller(nn.Layer):
 
     def _training_step(self, inputs, unlabeled):
         self.teacher_recorder.clear()
-        outputs = dict(self.student(inputs))
+        outputs = self.task.student_loss(self.student, inputs)
         with paddle.no_grad():
             self.run_teacher(inputs)
         det_loss = self._detection_loss(outputs)
@@ -212,7 +216,7 @@ class Distiller(nn.Layer):
             total = self._add_terms(outputs, total, unlabeled, '_unlabeled', self.unlabeled_weight)
         for loss in self.distill_losses:
             outputs[f'weight_{type(loss).__name__}'] = loss.step_weight
-        outputs['det_loss'] = det_loss
+        outputs[self.task.own_loss_key] = det_loss
         outputs['loss'] = total
         return outputs
 

@@ -247,3 +247,83 @@ def test_console_starts_with_ppkd_own_lines(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 2
     assert out.stdout == '' and out.stderr == f'error: config not found: {tmp_path / "none.yml"}\n'
+
+
+def test_unwritable_output_is_one_line(tiny_voc, tmp_path, capsys):
+    """An output folder under a file, or a disk that fills up: the path and
+    the reason on one `error:` line, exit 2."""
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    cfg = os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml')
+    code = run_script('tools/train.py', ['-c', cfg, '--output_dir', str(blocker / 'out'), '-o', *tiny_opts(tiny_voc)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f'error: {blocker / "out"}: Not a directory'
+    code = run_script('tools/split_voc.py', [tiny_voc, '--out_dir', str(blocker / 'lists')])
+    assert code == 2 and 'Not a directory' in capsys.readouterr().err
+
+    import errno
+    from ppkd.cli import main_guard
+
+    @main_guard
+    def full_disk():
+        raise OSError(errno.ENOSPC, 'No space left on device', str(tmp_path / '.tmp-x'))
+
+    with pytest.raises(SystemExit) as stop:
+        full_disk()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f'error: {tmp_path / ".tmp-x"}: No space left on device\n'
+
+
+def test_truncated_jpeg_is_named_not_trained_on(tiny_voc, tmp_path, capsys):
+    """A JPEG cut short decodes into grey rows without an error: refused,
+    the file named."""
+    import shutil
+    data = str(tmp_path / 'voc')
+    shutil.copytree(tiny_voc, data)
+    first = open(os.path.join(data, 'trainval.txt')).readline().split()[0]
+    image = os.path.join(data, first)
+    raw = open(image, 'rb').read()
+    open(image, 'wb').write(raw[:len(raw) * 2 // 3])
+    cfg = os.path.join(CONFIGS, 'demo', 'teacher_yolov3_r18.yml')
+    assert run_script('tools/train.py', ['-c', cfg, '--output_dir', str(tmp_path / 'out'), '-o', *tiny_opts(data)]) == 2
+    assert f'error: {image}: truncated JPEG' in capsys.readouterr().err
+
+
+def test_resume_inside_an_epoch_is_exact(tiny_voc, tiny_teacher, tmp_path):
+    """snapshot_iter writes `latest` inside an epoch; resuming from it skips
+    the batches already trained and ends where an uninterrupted run does."""
+    two = tiny_opts(tiny_voc, 'epoch=2')
+    assert _distill(tiny_teacher, tmp_path / 'straight', opts=two) == 0
+    # 4 iterations an epoch: `latest` at iteration 5 is epoch 1 after its first batch.
+    assert _distill(tiny_teacher, tmp_path / 'snap', opts=two + ['snapshot_iter=5']) == 0
+    state = paddle.load(str(tmp_path / 'snap' / 'latest.pdstate'))
+    assert (state['epoch'], state['step']) == (1, 1)
+    assert _distill(tiny_teacher, tmp_path / 'snap', '-r', str(tmp_path / 'snap' / 'latest'), opts=two) == 0
+    a = paddle.load(str(tmp_path / 'straight' / 'model_final.pdparams'))
+    b = paddle.load(str(tmp_path / 'snap' / 'model_final.pdparams'))
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_sigterm_saves_latest_and_exits_143(tiny_voc, tmp_path):
+    """A preempted job (SIGTERM) saves where it is, says how to go on, and
+    `-r latest` goes on from there."""
+    out = tmp_path / 'run'
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), '-c', STUDENT, '--output_dir', str(out),
+           '-o', *tiny_opts(tiny_voc, 'epoch=500', 'snapshot_epoch=1000')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if 'Epoch: [1] [   1/4]' in line:
+            proc.send_signal(15)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    text = ''.join(lines) + rest
+    assert proc.returncode == 143, text[-2000:]
+    assert text.count('error: terminated (SIGTERM)') == 1 and f'resume with -r {out / "latest"}' in text
+    state = paddle.load(str(out / 'latest.pdstate'))
+    assert state['epoch'] >= 1 and 0 < state['step'] < 4
+    done = subprocess.run(cmd[:-1] + ['epoch=3', '-r', str(out / 'latest')], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'resumed from' in done.stderr + done.stdout and os.path.isfile(out / 'model_final.pdparams')

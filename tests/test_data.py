@@ -151,7 +151,7 @@ def test_reader_transform_error_does_not_hang(tiny_voc, tmp_path):
     is an error naming the image. Run in a child with a timeout, so a
     regression fails instead of hanging the suite."""
     root = _copy(tiny_voc, tmp_path)
-    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg')
+    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg\xff\xd9')  # ends like a JPEG: the decoder fails
     code = ('import ppkd, sys\nfrom ppkd import config as C\nfrom ppkd.errors import PPKDError\n'
             f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.5.yml")!r}, '
             f'{tiny_opts(root)!r} + ["TrainReader.shuffle=false"])\n'
@@ -184,7 +184,7 @@ def test_loader_error_needs_the_compat_fix(tiny_voc, tmp_path):
     """Without ppkd's compat fix the same failure blocks forever: the child
     must still be running when the timeout hits."""
     root = _copy(tiny_voc, tmp_path)
-    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg')
+    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg\xff\xd9')  # ends like a JPEG: the decoder fails
     code = ('import ppkd, sys\nfrom ppkd import compat\ncompat.FIXES.clear()\nfrom ppkd import config as C\n'
             f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.5.yml")!r}, '
             f'{tiny_opts(root)!r} + ["TrainReader.shuffle=false"])\n'

@@ -44,10 +44,10 @@ def epoch_batches(reader, epoch=0):
     reader.dataset.set_epoch(epoch)
     if hasattr(reader._batch_sampler, 'set_epoch'):
         reader._batch_sampler.set_epoch(epoch)
-    return _stopping_workers_on_error(iter(reader.dataloader))
+    return stop_workers_on_error(iter(reader.dataloader))
 
 
-def _stopping_workers_on_error(batches):
+def stop_workers_on_error(batches):
     """Yield `batches`; if loading fails, stop the loader's worker processes
     before the error goes on. Left to Paddle, the exit waits for them
     without a timeout, and a worker blocked on its queue hangs it forever.

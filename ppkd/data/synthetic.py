@@ -103,3 +103,35 @@ def make_shapes_voc(root, num_images=240, image_size=160, seed=0, test_ratio=0.2
     if num_unlabeled:
         atomic_write_text(os.path.join(root, 'unlabeled.txt'), ''.join(unlabeled))
     return root
+
+
+SEG_CLASSES = ('background', 'circle', 'square', 'triangle', 'cross')
+
+
+def make_shapes_segmentation(root, num_images=24, height=64, width=80, seed=0, val_ratio=0.25, max_objects=3):
+    """Coloured shapes with their masks (class index per pixel; 0 is the
+    background, a later shape over an earlier one): PaddleSeg's file-list layout (`train.txt`, `test.txt` of `image mask` lines,
+    `labels.txt`) under `root`. Deterministic from `seed`."""
+    rng = np.random.RandomState(seed)
+    for sub in ('images', 'labels'):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    lines = []
+    for k in range(num_images):
+        img = cv2.resize(_background(rng, max(height, width)), (width, height))
+        mask = np.zeros((height, width), np.uint8)
+        for _ in range(rng.randint(1, max_objects + 1)):
+            cls = rng.randint(1, len(SEG_CLASSES))
+            size = rng.randint(min(height, width) // 4, min(height, width) // 2)
+            x1, y1 = rng.randint(0, width - size), rng.randint(0, height - size)
+            colour = tuple(int(c) for c in rng.randint(0, 256, 3))
+            _draw(img, SEG_CLASSES[cls], x1, y1, x1 + size, y1 + size, colour)
+            _draw(mask, SEG_CLASSES[cls], x1, y1, x1 + size, y1 + size, cls)
+        name = f'{k:05d}'
+        cv2.imwrite(os.path.join(root, 'images', name + '.jpg'), img)
+        cv2.imwrite(os.path.join(root, 'labels', name + '.png'), mask)
+        lines.append(f'images/{name}.jpg labels/{name}.png')
+    n_val = max(1, int(round(num_images * val_ratio)))
+    atomic_write_text(os.path.join(root, 'train.txt'), '\n'.join(lines[n_val:]) + '\n')
+    atomic_write_text(os.path.join(root, 'test.txt'), '\n'.join(lines[:n_val]) + '\n')
+    atomic_write_text(os.path.join(root, 'labels.txt'), '\n'.join(SEG_CLASSES) + '\n')
+    return root

@@ -106,11 +106,31 @@ def parse_voc_xml(xml_path, cname2cid=None):
     return ann, dropped
 
 
+JPEG_END = b'\xff\xd9'
+
+
+def check_image_complete(path):
+    """A JPEG cut short (an interrupted copy) decodes without an error into
+    grey rows, libjpeg's warning naming no file: refuse one whose last
+    kilobyte holds no end-of-image marker (entropy-coded data never holds
+    one; some writers pad after it)."""
+    if not path.lower().endswith(('.jpg', '.jpeg')):
+        return
+    with open(path, 'rb') as f:
+        f.seek(max(0, os.path.getsize(path) - 1024))
+        if JPEG_END not in f.read():
+            raise PPKDError(f'{path}: truncated JPEG (no end-of-image marker); copy it again or drop it from the list')
+
+
 class NamesFailingImage:
-    """Data set mixin: an error in a reader transform names its image."""
+    """Data set mixin: an error in a reader transform names its image, and
+    a truncated JPEG is refused before it decodes into grey rows."""
 
     def __getitem__(self, idx):
         try:
+            im_file = self.roidbs[idx % len(self.roidbs)].get('im_file') if self.roidbs else None
+            if isinstance(im_file, str):
+                check_image_complete(im_file)
             return super().__getitem__(idx)
         except PPKDError:
             raise

@@ -58,12 +58,14 @@ def weights_digest(state_dict):
     return digest.hexdigest()
 
 
-def save_checkpoint(prefix, student, optimizer=None, epoch=None, extra_state=None, best=None, model=None):
+def save_checkpoint(prefix, student, optimizer=None, epoch=None, extra_state=None, best=None, model=None, step=None):
     """Write `prefix.pdparams` (student) and, for resuming, `prefix.pdstate`
-    (`model`, the layer the optimizer trains, names the optimizer state)."""
+    (`model`, the layer the optimizer trains, names the optimizer state;
+    `step`: the batches of `epoch` done when it stopped inside the epoch)."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     weights = student.state_dict()
-    state = {'epoch': epoch, 'best': best, 'extra': extra_state or {}, 'weights_sha1': weights_digest(weights)}
+    state = {'epoch': epoch, 'step': step, 'best': best, 'extra': extra_state or {},
+             'weights_sha1': weights_digest(weights)}
     if optimizer is not None:
         state['optimizer'] = optimizer_state_for_saving(optimizer, model or student)
     # State first: a .pdparams whose .pdstate is missing is still a valid

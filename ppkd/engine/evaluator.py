@@ -17,17 +17,19 @@ from ppkd.errors import PPKDError
 
 class _COCOScores:
     """Collects detections per batch; `results()` scores them with COCOeval
-    over every image of the annotation file: mAP is AP@[.5:.95], with AP50
-    and per-class AP beside it."""
+    over the images read (the reader reads every image of the annotation
+    file): mAP is AP@[.5:.95], with AP50 and per-class AP beside it."""
 
     def __init__(self, dataset):
         self.anno_file = dataset.get_anno()
         self.clsid2catid = {v: k for k, v in dataset.catid2clsid.items()}
         self.detections = []
+        self.image_ids = set()  # scored over the images read (all of them, or a check's first few)
 
     def update(self, batch, outputs):
         boxes, counts = outputs['bbox'].numpy(), outputs['bbox_num'].numpy()
         self.detections += get_det_res(boxes, counts, batch['im_id'].numpy(), self.clsid2catid)
+        self.image_ids.update(int(i) for i in batch['im_id'].numpy().reshape(-1))
 
     def results(self, names):
         from pycocotools.coco import COCO
@@ -38,6 +40,7 @@ class _COCOScores:
             if not self.detections:
                 return 0., 0., {n: 0. for n in names}
             scored = COCOeval(truth, truth.loadRes(self.detections), 'bbox')
+            scored.params.imgIds = sorted(self.image_ids)
             scored.evaluate()
             scored.accumulate()
             scored.summarize()

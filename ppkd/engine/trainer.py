@@ -4,24 +4,26 @@
 Several devices run through `python -m paddle.distributed.launch`: the model
 is wrapped in `paddle.DataParallel` and ppdet's readers shard the batches.
 """
+import contextlib
 import datetime
 import json
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 
 import numpy as np
 import paddle
 
-from ppkd import config as cfgmod
 from ppkd.engine.checkpoint import load_resume_state, optimizer_state_for_loading, save_checkpoint
-from ppkd.data.loader import build_reader, build_unlabeled_reader, endless_batches, epoch_batches
-from ppkd.engine.evaluator import evaluate
+from ppkd.data.loader import endless_batches
 from ppkd.engine.visualdl import VisualDLLog
 from ppkd.distiller import Distiller
-from ppkd.errors import PPKDError
+from ppkd.errors import PPKDError, StoppedBySignal
+from ppkd.tasks import task_of
 from ppkd.teacher import load_weights
 from ppkd.threads import wait_policy_tuner
 
@@ -88,6 +90,22 @@ def seed_everything(seed):
     paddle.seed(seed)
 
 
+@contextlib.contextmanager
+def _sigterm_flag():
+    """While training: SIGTERM only raises a flag (checked after each
+    iteration) instead of killing the process mid-write. Signals can be set
+    in the main thread only; elsewhere the flag never rises."""
+    raised = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: raised.append(signum))
+    try:
+        yield lambda: bool(raised)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _scalar(value):
     return float(value.numpy().reshape(-1)[0]) if isinstance(value, paddle.Tensor) else float(value)
 
@@ -99,7 +117,9 @@ class Trainer:
     Every `snapshot_epoch` epochs it writes a checkpoint and, with
     `eval=True`, evaluates the student and keeps `best_model` by mAP. A
     non-finite loss stops training with the iteration named; the last good
-    checkpoint stays.
+    checkpoint stays. `snapshot_iter` (N > 0) also writes `latest` every N
+    iterations, and SIGTERM (a preempted job) writes `latest` after the
+    iteration in progress and stops: `-r OUTPUT/latest` goes on from there.
     """
 
     def __init__(self, cfg, model, output_dir=None, eval=False, seed=0, to_static=False, amp=False,
@@ -111,20 +131,21 @@ class Trainer:
         self.world_size = paddle.distributed.get_world_size()
         self.rank = paddle.distributed.get_rank()
         self.vdl = VisualDLLog(vdl_log_dir) if vdl_log_dir and self.rank == 0 else None
+        self.task = task_of(cfg)
         try:  # the class order these weights train in, saved with each checkpoint and checked when they teach
-            self.classes = cfgmod.label_names(cfg, 'TrainDataset')
+            self.classes = self.task.class_names()
         except PPKDError:
             self.classes = None
         self.model = model
         self.student = getattr(model, 'student', model)
-        self.loader = build_reader(cfg, 'Train')
+        self.loader = self.task.train_reader()
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise PPKDError(f'{cfg["config_path"]}: the train set has fewer images than one batch')
-        self.epochs = int(cfg['epoch'])
-        self.lr = cfgmod.build(cfg, 'LearningRate')(self.steps_per_epoch)
-        self.optimizer = cfgmod.build(cfg, 'OptimizerBuilder')(self.lr, model)
+        self.epochs, self.total_iters = self.task.schedule(self.steps_per_epoch)
+        self.lr, self.optimizer = self.task.lr_and_optimizer(self.steps_per_epoch, model)
         self.start_epoch = 0
+        self.resume_step = 0  # batches of start_epoch already trained (a checkpoint saved inside an epoch)
         self.best_map = None
         self.train_model = model
         self.to_static = to_static
@@ -139,16 +160,17 @@ class Trainer:
         # Built now so that a bad evaluation set fails before training, not
         # after it. Rank 0 evaluates, over the whole set, for every rank.
         self.do_eval = eval and self.rank == 0
-        self.eval_loader = build_reader(cfg, 'Eval') if self.do_eval else None
+        self.eval_loader = self.task.eval_reader() if self.do_eval else None
         # Distillation on unlabeled images: one unlabeled batch beside each labelled one.
-        self.unlabeled_loader = build_unlabeled_reader(cfg) if self.student is not model else None
+        self.unlabeled_loader = self.task.unlabeled_reader() if self.student is not model else None
 
     def load_student_weights(self, path):
         load_weights(self.student, path, role='student')
 
     def resume(self, prefix):
         prefix, state = load_resume_state(prefix)
-        if int(state['epoch']) + 1 >= self.epochs:
+        inside_epoch = state.get('step') is not None
+        if int(state['epoch']) + 1 >= self.epochs and not inside_epoch:
             raise PPKDError(f'{prefix}: saved after epoch {int(state["epoch"]) + 1} of {self.epochs}; nothing left '
                             f'to train (raise -o epoch=N to train on)')
         load_weights(self.student, prefix + '.pdparams', role='student')
@@ -161,12 +183,13 @@ class Trainer:
         extra = state.get('extra') or {}
         if extra.get('distill_losses') and hasattr(self.model, 'distill_losses'):
             self.model.distill_losses.set_state_dict(extra['distill_losses'])
-        self.start_epoch = int(state['epoch']) + 1
+        self.start_epoch = int(state['epoch']) + (0 if inside_epoch else 1)
+        self.resume_step = int(state['step']) if inside_epoch else 0
         self.best_map = state.get('best')
         logger.info('resumed from %s at epoch %d (iteration %d)', prefix, self.start_epoch,
-                    self.start_epoch * self.steps_per_epoch)
+                    min(self.start_epoch * self.steps_per_epoch + self.resume_step, self.total_iters))
 
-    def _save(self, name, epoch):
+    def _save(self, name, epoch, step=None):
         if self.rank != 0:
             return
         extra = {}
@@ -175,7 +198,7 @@ class Trainer:
         if self.classes is not None:
             extra['classes'] = self.classes
         save_checkpoint(os.path.join(self.output_dir, name), self.student, self.optimizer,
-                        epoch=epoch, extra_state=extra, best=self.best_map, model=self.model)
+                        epoch=epoch, extra_state=extra, best=self.best_map, model=self.model, step=step)
         logger.info('saved checkpoint %s', os.path.join(self.output_dir, name))
 
     def _record(self, entry):
@@ -204,22 +227,35 @@ class Trainer:
             os.makedirs(self.output_dir, exist_ok=True)
         log_iter = int(self.cfg.get('log_iter', 20))
         snapshot = int(self.cfg.get('snapshot_epoch', 1))
-        total_iters = self.epochs * self.steps_per_epoch
+        snapshot_iter = int(self.cfg.get('snapshot_iter') or 0)
+        total_iters = self.total_iters
         history = []
         self.model.train()
         unlabeled = None if self.unlabeled_loader is None else endless_batches(self.unlabeled_loader,
                                                                                  self.start_epoch)
         tuner = wait_policy_tuner(self.cfg)
+        with _sigterm_flag() as terminated:
+            return self._train_epochs(log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner,
+                                      terminated)
+
+    def _train_epochs(self, log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner, terminated):
         for epoch in range(self.start_epoch, self.epochs):
             # Seeding per epoch makes a resumed run draw the same batches.
             seed_everything(self.seed + epoch)
             tic = time.perf_counter()
-            for step, batch in enumerate(epoch_batches(self.loader, epoch)):
+            for step, batch in enumerate(self.task.batches(self.loader, epoch)):
                 data_cost = time.perf_counter() - tic
                 iteration = epoch * self.steps_per_epoch + step
+                if iteration >= total_iters:  # an iteration budget (PaddleSeg's iters) ends inside an epoch
+                    break
+                if epoch == self.start_epoch and step < self.resume_step:  # trained before the checkpoint
+                    if unlabeled is not None:
+                        next(unlabeled)
+                    tic = time.perf_counter()
+                    continue
                 extra = () if unlabeled is None else (next(unlabeled),)
                 # The tuner counts this run's iterations (a resumed run measures afresh).
-                run_iteration = iteration - self.start_epoch * self.steps_per_epoch
+                run_iteration = iteration - self.start_epoch * self.steps_per_epoch - self.resume_step
                 if tuner is not None:
                     tuner.begin(run_iteration)
                 if hasattr(self.model, 'prepare_teacher'):
@@ -227,7 +263,8 @@ class Trainer:
                     self.model.begin_step(iteration, total_iters, self.steps_per_epoch)
                 try:
                     with paddle.amp.auto_cast(enable=self.amp):
-                        outputs = self.train_model(batch, *extra)
+                        outputs = (self.train_model(batch, *extra) if self.student is not self.model
+                                   else self.task.student_loss(self.train_model, batch))
                 except Exception:
                     # Non-finite weights make some ppdet ops raise (e.g. BCE's
                     # input check) before a loss exists.
@@ -247,9 +284,17 @@ class Trainer:
                 batch_cost = time.perf_counter() - tic
                 if tuner is not None:
                     tuner.end(run_iteration, batch_cost)
-                if step % log_iter == 0 or step == self.steps_per_epoch - 1:
-                    self._log(epoch, step, outputs, batch_cost, data_cost, len(batch['image']),
+                if step % log_iter == 0 or step == self.steps_per_epoch - 1 or iteration == total_iters - 1:
+                    self._log(epoch, step, outputs, batch_cost, data_cost, self.task.batch_size(batch),
                               total_iters - iteration - 1)
+                inside = step + 1 < self.steps_per_epoch and iteration + 1 < total_iters
+                if terminated() and inside:
+                    self._save('latest', epoch, step=step + 1)
+                    latest = os.path.join(self.output_dir, 'latest')
+                    raise StoppedBySignal(f'terminated (SIGTERM) at epoch {epoch}, iteration {iteration + 1}; saved '
+                                          f'{latest}: resume with -r {latest}')
+                if snapshot_iter and (iteration + 1) % snapshot_iter == 0 and inside:
+                    self._save('latest', epoch, step=step + 1)
                 tic = time.perf_counter()
             last = epoch == self.epochs - 1
             if (epoch + 1) % snapshot == 0 or last:
@@ -269,18 +314,17 @@ class Trainer:
                 raise self._diverged(f'parameter {name} became non-finite', epoch, iteration)
 
     def _evaluate(self, epoch):
-        result = evaluate(self.cfg, self.student, self.eval_loader)
+        result = self.task.evaluate(self.student, self.eval_loader)
         self.model.train()
         result['epoch'] = epoch
-        result['iteration'] = (epoch + 1) * self.steps_per_epoch
+        result['iteration'] = min((epoch + 1) * self.steps_per_epoch, self.total_iters)
         self._record({'type': 'eval', **result})
-        logger.info('epoch %d: mAP(0.50, %s) = %.2f%% over %d images  per class: %s', epoch,
-                    self.cfg.get('map_type', '11point'), result['mAP'], result['images'],
-                    json.dumps({k: round(v, 2) for k, v in result['per_class'].items()}))
-        if self.best_map is None or result['mAP'] > self.best_map:
-            self.best_map = result['mAP']
+        logger.info('epoch %d: %s', epoch, self.task.describe(result))
+        metric = self.task.metric
+        if self.best_map is None or result[metric] > self.best_map:
+            self.best_map = result[metric]
             self._save('best_model', epoch)
-            logger.info('best model so far: mAP %.2f%% at epoch %d', self.best_map, epoch)
+            logger.info('best model so far: %s %.2f%% at epoch %d', metric, self.best_map, epoch)
         return result
 
 

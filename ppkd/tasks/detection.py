@@ -1,0 +1,72 @@
+"""Detection through ppdet: its models return their loss dict in training,
+its readers, learning rates and optimizers come from the config."""
+import json
+
+from ppkd import config as cfgmod
+from ppkd.data.loader import build_reader, build_unlabeled_reader, epoch_batches
+from ppkd.engine.evaluator import evaluate
+from ppkd.teacher import TEACHER_FORWARDS
+
+
+class DetectionTask:
+    metric = 'mAP'
+    # the student's own loss, beside the distillation terms
+    own_loss_key = 'det_loss'
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def build_model(self):
+        from ppkd.builder import build_model
+        return build_model(self.cfg)
+
+    @staticmethod
+    def student_loss(model, batch):
+        return dict(model(batch))
+
+    @staticmethod
+    def images(batch):
+        return batch['image']
+
+    @staticmethod
+    def teacher_forwards(teacher):
+        return TEACHER_FORWARDS.get(type(teacher).__name__)
+
+    def class_names(self):
+        return cfgmod.label_names(self.cfg, 'TrainDataset')
+
+    def train_reader(self):
+        return build_reader(self.cfg, 'Train')
+
+    def eval_reader(self, limit=None):
+        """The whole test set, or its first `limit` images."""
+        reader = build_reader(self.cfg, 'Eval')
+        if limit is not None:
+            reader.dataset.roidbs = reader.dataset.roidbs[:limit]
+        return reader
+
+    @staticmethod
+    def batches(reader, epoch=0):
+        return epoch_batches(reader, epoch)
+
+    def schedule(self, steps_per_epoch):
+        epochs = int(self.cfg['epoch'])
+        return epochs, epochs * steps_per_epoch
+
+    def lr_and_optimizer(self, steps_per_epoch, model):
+        lr = cfgmod.build(self.cfg, 'LearningRate')(steps_per_epoch)
+        return lr, cfgmod.build(self.cfg, 'OptimizerBuilder')(lr, model)
+
+    def unlabeled_reader(self):
+        return build_unlabeled_reader(self.cfg)
+
+    @staticmethod
+    def batch_size(batch):
+        return len(batch['image'])
+
+    def evaluate(self, model, reader=None):
+        return evaluate(self.cfg, model, reader)
+
+    def describe(self, result):
+        return (f'mAP(0.50, {self.cfg.get("map_type", "11point")}) = {result["mAP"]:.2f}% over {result["images"]} '
+                f'images  per class: {json.dumps({k: round(v, 2) for k, v in result["per_class"].items()})}')
