@@ -15,6 +15,9 @@ def ppdet_trainer(config_path, overrides):
     """A ppdet Trainer (mode 'test') for the config, with `weights` loaded
     strictly, the config active for ppdet's `create` calls inside."""
     cfg = cfgmod.load_config(config_path, overrides)
+    if cfg.get('task') == 'segmentation':
+        raise PPKDError(f'{config_path}: export and inference here are for detectors; a segmenter\'s .pdparams is a '
+                        'plain PaddleSeg state dict: export it with PaddleSeg\'s tools/export.py --model_path')
     if not cfg.get('weights'):
         raise PPKDError('no weights given: pass -o weights=PATH')
     setup_run(cfg)

@@ -64,6 +64,9 @@ def _detections(cfg, model, num_images, threshold):
 def run_model(name, config, weights, overrides, num_images, threshold):
     """Evaluate one model and detect on the first test images."""
     cfg = cfgmod.load_config(config, overrides)
+    if cfg.get('task') == 'segmentation':
+        raise PPKDError(f'{name}: {config} is a segmentation config; the comparison report is for detectors '
+                        '(compare segmenters with tools/eval.py --json)')
     model = build_model(cfg)
     load_weights(model, weights, role=f'{name} ({config})')
     result = evaluate(cfg, model)

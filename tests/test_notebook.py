@@ -3,7 +3,6 @@ cell error fails the test."""
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT

@@ -276,3 +276,9 @@ def test_teacher_of_another_task_is_refused(tiny_seg, seg_teacher, capsys):
 def test_seg_task_module_applies_its_fixes_on_import():
     assert all(name in compat._applied or not needed() for name, (needed, _) in compat.PADDLESEG_FIXES.items())
     assert seg_task.SegmentationTask.metric == 'mIoU'
+
+
+def test_detection_only_tools_say_so(tiny_seg, capsys):
+    args = ['-c', TEACHER, '-o', *seg_opts(tiny_seg), 'weights=x.pdparams']
+    assert run_script('tools/export.py', args) == 2
+    assert 'export it with PaddleSeg' in capsys.readouterr().err

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 import yaml
 
 from paddleseg.core import infer
