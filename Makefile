@@ -6,6 +6,7 @@
 #   make bench-bccd         the BCCD comparisons (YOLOv3, then the Faster R-CNN ablation; hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 #   make bench-throughput   images/s of the real training loops (student, ppkd, ppdet DistillModel) per thread setting
+#   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
 VENV ?= .venv
 ifeq ($(GPU),1)
 PADDLE ?= paddlepaddle-gpu==2.6.2
@@ -14,7 +15,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain bench-throughput clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain bench-throughput bench-camvid clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -45,6 +46,9 @@ bench-gain: install
 
 bench-throughput: install
 	$(PY) bench/throughput.py
+
+bench-camvid: install
+	$(PY) bench/camvid_ka.py
 
 clean:
 	rm -rf output dataset/demo_shapes

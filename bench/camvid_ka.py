@@ -32,7 +32,15 @@ METHODS = {
     'pixel KD (T 2)': ('slim/distillation/distill.py', 'distill_pixel_kd.yml', []),
     'FitNet': ('slim/distillation/distill.py', 'distill_fitnet.yml', []),
     'knowledge adaptation': ('slim/distillation/distill.py', 'distill_ka.yml', []),
+    # The paper's β makes the adaptation term ~25× the student's own loss at the start: a lighter one.
+    'knowledge adaptation, beta 5': ('slim/distillation/distill.py', 'distill_ka.yml',
+                                     ['KnowledgeAdaptation.adaptation_weight=5']),
 }
+
+
+def run_name(method):
+    """`pixel KD (T 2)` → `pixel_KD`; `knowledge adaptation, beta 5` → `knowledge_adaptation_beta_5`."""
+    return method.split(' (')[0].replace(', ', '_').replace(' ', '_')
 
 
 def size_opts(height, width):
@@ -159,7 +167,7 @@ def main():
     p.add_argument('--size', type=int, nargs=2, default=[120, 160], metavar=('HEIGHT', 'WIDTH'))
     p.add_argument('--batch_size', type=int, default=4)
     p.add_argument('--teacher_iters', type=int, default=1600)
-    p.add_argument('--student_iters', type=int, default=800)
+    p.add_argument('--student_iters', type=int, default=600)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     p.add_argument('--workers', type=int, default=2, help='runs at a time (each on CPU threads / workers)')
@@ -195,11 +203,11 @@ def main():
     for seed in args.seeds:
         for method in args.methods:
             script, cfg, extra = METHODS[method]
-            run_dir = os.path.join(args.work_dir, method.split(' (')[0].replace(' ', '_') + f'_seed{seed}')
+            run_dir = os.path.join(args.work_dir, f'{run_name(method)}_seed{seed}')
             cmd = [script, '-c', os.path.join(CFG, cfg), '--eval', '--seed', str(seed), '--output_dir', run_dir]
             if script.startswith('slim'):
                 cmd += teacher_args
-            cmd += ['-o', *common, f'iters={args.student_iters}', 'snapshot_epoch=3', *extra, *ka_opts, *args.opt]
+            cmd += ['-o', *common, f'iters={args.student_iters}', 'snapshot_epoch=4', *extra, *ka_opts, *args.opt]
             jobs.append((method, seed, cmd, run_dir))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = {pool.submit(run_once, cmd, run_dir): (method, seed, run_dir) for method, seed, cmd, run_dir in jobs}

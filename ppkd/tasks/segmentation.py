@@ -65,9 +65,8 @@ def load_seg_config(path, overrides):
     cfgmod.workspace.dict_merge(cfg, seg.dic)
     if overrides:
         cfgmod.merge_overrides(cfg, overrides)
-    for key in seg.dic:
-        seg.dic[key] = cfg[key]
-    for key in set(DATASET_SECTIONS) | {'model', 'loss', 'optimizer', 'lr_scheduler'}:
+    # PaddleSeg's builder reads seg.dic: it gets the merged sections.
+    for key in set(seg.dic) | set(DATASET_SECTIONS) | {'model', 'loss', 'optimizer', 'lr_scheduler'}:
         seg.dic[key] = cfg.get(key)
     cfg.update(task='segmentation', paddleseg=seg, filename=os.path.basename(path), config_path=path)
     for key in ('model', 'train_dataset', 'loss', 'optimizer', 'lr_scheduler'):
