@@ -168,7 +168,7 @@ def main():
     p.add_argument('--batch_size', type=int, default=4)
     p.add_argument('--teacher_iters', type=int, default=1600)
     p.add_argument('--student_iters', type=int, default=600)
-    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])  # the committed results: --seeds 0 1
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     p.add_argument('--workers', type=int, default=2, help='runs at a time (each on CPU threads / workers)')
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
