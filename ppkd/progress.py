@@ -43,12 +43,20 @@ def render(name, progress, elapsed, width=24):
             f'eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}')
 
 
+def _in_notebook():
+    ipython = sys.modules.get('IPython')
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and 'IPKernelApp' in shell.config
+
+
 def follow(process, log_path, name, interval=1.0, stream=None):
     """Wait for `process`, showing the run's progress from `log_path`: one
     line redrawn in place on a terminal (or notebook), elsewhere one line
     per epoch. Returns the process's exit code."""
     stream = stream or sys.stdout
-    redraw = stream.isatty() or 'ipykernel' in sys.modules
+    # A notebook cell is no terminal but redraws '\r' in place; other
+    # streams (files, buffers) get one line per epoch even inside a kernel.
+    redraw = stream.isatty() or (stream is sys.stdout and _in_notebook())
     start, shown, offset, text = time.time(), None, 0, ''
     while True:
         code = process.poll()

@@ -33,9 +33,11 @@ def tiny_opts(root, *extra):
 
 def run_script(relpath, argv):
     """Run a command-line script's main() in this process; returns its exit
-    code (0 when it returns normally)."""
+    code (0 when it returns normally). The environment is restored after:
+    a script may set flags for its own process (tools/export.py chooses
+    Paddle's legacy IR), which must not leak into the tests that follow."""
+    old_environ, old_argv = dict(os.environ), sys.argv
     module = runpy.run_path(os.path.join(ROOT, relpath), run_name='ppkd_test')
-    old = sys.argv
     sys.argv = [relpath] + list(argv)
     try:
         module['main'](list(argv))
@@ -43,7 +45,9 @@ def run_script(relpath, argv):
     except SystemExit as e:
         return e.code
     finally:
-        sys.argv = old
+        sys.argv = old_argv
+        os.environ.clear()
+        os.environ.update(old_environ)
 
 
 @pytest.fixture(scope='session')
