@@ -67,7 +67,16 @@ def summarise(method, seed, out, seconds, error, classes):
                        'last': {k: v for k, v in last.items() if 'loss' in k or k in ('pixel_kd', 'fitnet', 'ka_adaptation', 'ka_affinity')}}}
 
 
-def write(results, out):
+TRAINING = ('trained at {}×{} (random scale ×0.75–1.125 of that, pad or crop, flip), tested resized to it and scored '
+            'at 360×480 (logits resized back), from scratch (no pretrained weights), batch {}, poly LR 0.05, momentum 0.9.')
+SCORING = ('mIoU (%) of the last snapshot; per-class IoU is the mean over seeds. Same seed = same student '
+           'initialisation and data order in every arm. Gain (at least 3 seeds): mean Δ > 2 × s.e., or Δ > 0 on '
+           'every seed.')
+
+
+def write(results, out, note, title='CamVid: DeepLabV3+ MobileNetV2 student, per seed'):
+    """The table (teacher, then each arm over its seeds, paired with no
+    teacher), the loss terms, `note(settings)` under them, the curves."""
     classes = list(results['teacher']['per_class'])
     short = [c[:5] for c in classes]
     head = ['model', 'seeds', 'mIoU mean ± std', 'mIoU per seed', 'Δ vs no teacher per seed', 'Δ mean ± s.e.',
@@ -100,19 +109,17 @@ def write(results, out):
         terms = ', '.join(f'{k} {f[k]:.3g} → {l.get(k, float("nan")):.3g}' for k in f
                           if k not in ('loss', 'task_loss', 'seg_loss'))
         lines.append(f'| {r["method"]}, seed {r["seed"]} | {f.get(own, 0):.3g} → {l.get(own, 0):.3g} | {terms or "—"} |')
-    s = results['settings']
-    lines += ['', f'CamVid (367 train / 233 test images, 11 classes, void ignored), trained at {s["size"][0]}×'
-              f'{s["size"][1]} (random scale ×0.75–1.125 of that, pad or crop, flip), tested resized to it and scored at '
-              f'360×480 (logits resized back), from scratch (no pretrained weights), batch {s["batch_size"]}, '
-              f'poly LR 0.05, momentum 0.9. Teacher {s["teacher_iters"]} iterations, students {s["student_iters"]}. '
-              f'mIoU (%) of the last snapshot; per-class IoU is the mean over seeds. Same seed = same student '
-              f'initialisation and data order in every arm. Gain (at least 3 seeds): mean Δ > 2 × s.e., or Δ > 0 on every seed. '
-              f'Auto-encoder: {s["autoencoder"]}. {s["workers"]} run(s) at a time. CPU: {s["cpu"]}.']
+    lines += ['', note(results['settings'])]
     atomic_write_text(out + '.md', '\n'.join(lines) + '\n')
     atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
-    save_curves(results['runs'], out + '.png', 'mIoU (%)', 'CamVid: DeepLabV3+ MobileNetV2 student, per seed',
-                reference=t['mIoU'])
+    save_curves(results['runs'], out + '.png', 'mIoU (%)', title, reference=t['mIoU'])
     print('\n'.join(lines), flush=True)
+
+
+def settings_note(s):
+    return (f'CamVid (367 train / 233 test images, 11 classes, void ignored), {TRAINING.format(*s["size"], s["batch_size"])} '
+            f'Teacher {s["teacher_iters"]} iterations, students {s["student_iters"]}. {SCORING} '
+            f'Auto-encoder: {s["autoencoder"]}. {s["workers"]} run(s) at a time. CPU: {s["cpu"]}.')
 
 
 # CamVid's usual colours, in labels.txt order; ignored pixels black.
@@ -217,7 +224,7 @@ def main():
             results['runs'].append(summarise(method, seed, run_dir, seconds, error, list(teacher['per_class'])))
             print(f'{method} seed {seed}: mIoU {results["runs"][-1]["mIoU"]:.2f} in {seconds:.0f} s', flush=True)
             results['runs'].sort(key=lambda r: (list(METHODS).index(r['method']), r['seed']))
-            write(results, args.out)
+            write(results, args.out, settings_note)
     seed = args.seeds[0]
     shown = [('teacher', TEACHER_CFG, teacher_weights)] + [
         (method, os.path.join(CFG, METHODS[method][1]), os.path.join(run_dir, 'model_final.pdparams'))

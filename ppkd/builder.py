@@ -163,8 +163,6 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights, check_teacher=Fal
     section = distill_section(student_cfg)
     schedule, balance = schedule_from_config(section)
     unlabeled = unlabeled_section(student_cfg)
-    if segmentation and unlabeled is not None:
-        raise PPKDError(f'{student_cfg["config_path"]}: distill.unlabeled is for detection configs only')
     # A segmentation teacher runs in dygraph: Paddle Inference is wired for the detectors' image parts.
     engine = None if segmentation else _compile_engine(student_cfg, section.get('compile_teacher', 'auto'))
     return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', False),

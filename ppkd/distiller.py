@@ -11,7 +11,7 @@ from ppkd.errors import PPKDError
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.tasks.detection import DetectionTask
-from ppkd.teacher import TEACHER_FORWARDS, freeze, run_for_features
+from ppkd.teacher import freeze, run_for_features
 
 logger = logging.getLogger('ppkd')
 
@@ -67,12 +67,14 @@ class Distiller(nn.Layer):
         self.teacher_recorder = OutputRecorder(
             teacher, [n for loss in losses for n in loss.teacher_layers], 'teacher')
         if unlabeled_weight is not None:
-            self._check_unlabeled(type(student).__name__)
+            self._check_unlabeled()
 
-    def _check_unlabeled(self, arch):
-        for role, name in (('teacher', type(self.teacher).__name__), ('student', arch)):
-            if name not in TEACHER_FORWARDS:
-                raise PPKDError(f'distill.unlabeled: no image-only forward known for the {role} ({name})')
+    def _check_unlabeled(self):
+        for role, model, forwards in (('teacher', self.teacher, self._teacher_forwards),
+                                      ('student', self.student, self._student_image_part)):
+            if not forwards:
+                raise PPKDError(f'distill.unlabeled: no image-only forward known for the {role} '
+                                f'({type(model).__name__})')
         skipped = [type(loss).__name__ for loss in self.distill_losses if loss.needs_ground_truth]
         if len(skipped) == len(self.distill_losses):
             raise PPKDError(f'distill.unlabeled: every loss ({", ".join(skipped)}) needs ground truth; '

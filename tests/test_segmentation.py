@@ -11,10 +11,12 @@ import pytest
 
 from conftest import CONFIGS, run_script
 from ppkd import compat
+from ppkd import config as cfgmod
 from ppkd.data.synthetic import make_shapes_segmentation
 from ppkd.errors import PPKDError
 from ppkd.losses import FeatureAutoEncoder, FitNetDistill, KnowledgeAdaptation, PixelKD
 from ppkd.tasks import segmentation as seg_task
+from ppkd.tasks import task_of
 
 CAMVID = os.path.join(CONFIGS, 'camvid')
 TEACHER = os.path.join(CAMVID, 'teacher_deeplabv3p_resnet18.yml')
@@ -282,3 +284,35 @@ def test_detection_only_tools_say_so(tiny_seg, capsys):
     args = ['-c', TEACHER, '-o', *seg_opts(tiny_seg), 'weights=x.pdparams']
     assert run_script('tools/export.py', args) == 2
     assert 'export it with PaddleSeg' in capsys.readouterr().err
+
+
+def test_pixel_kd_on_unlabeled_images(tiny_seg, seg_teacher, tmp_path, capsys):
+    """`distill.unlabeled` for a segmenter: raw images (no masks) in batches
+    of their own size through the training transforms, the teacher's
+    pixel distribution their only target; a missing image is one error."""
+    out = str(tmp_path / 'run')
+    args = ['-c', os.path.join(CAMVID, 'distill_pixel_kd_unlabeled.yml'), '-t', TEACHER, '--teacher_pretrained',
+            seg_teacher, '--teacher_opt', *seg_opts(tiny_seg), '--output_dir', out, '-o', *seg_opts(tiny_seg),
+            'distill.unlabeled.image_list=test.txt', 'distill.unlabeled.batch_size=3']
+    assert run_script('slim/distillation/distill.py', args) == 0
+    rows = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl')) if '"train"' in line]
+    assert len(rows) == 4 and all(np.isfinite(r['pixel_kd_unlabeled']) and r['pixel_kd_unlabeled'] > 0 for r in rows)
+    with open(os.path.join(tiny_seg, 'test.txt')) as f:
+        first = f.readline().split()[0]
+    (tmp_path / 'raw.txt').write_text(f'{os.path.join(tiny_seg, first)}\n{tiny_seg}/images/missing.jpg\n')
+    args[args.index('distill.unlabeled.image_list=test.txt')] = f'distill.unlabeled.image_list={tmp_path / "raw.txt"}'
+    assert run_script('slim/distillation/distill.py', args) == 2
+    assert 'image not found' in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_unlabeled_segmentation_batches_are_transformed_images_only(tiny_seg):
+    """Full batches of the listed images; a list shorter than a batch still gives one."""
+    for listed, batch_size in (('train.txt', 4), ('test.txt', 5)):
+        cfg = cfgmod.load_config(os.path.join(CAMVID, 'distill_pixel_kd_unlabeled.yml'), seg_opts(
+            tiny_seg, f'distill.unlabeled.image_list={listed}', f'distill.unlabeled.batch_size={batch_size}'))
+        task = task_of(cfg)
+        with open(os.path.join(tiny_seg, listed)) as f:
+            images = sum(1 for line in f if line.strip())
+        sizes = [list(b['img'].shape) for b in task.batches(task.unlabeled_reader()) if set(b) == {'img'}]
+        expected = [[batch_size, 3, 64, 80]] * (images // batch_size) or [[images, 3, 64, 80]]
+        assert sizes == expected, (listed, images)

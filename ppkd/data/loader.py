@@ -78,9 +78,10 @@ def build_unlabeled_reader(cfg):
     return build_reader(cfg, 'Train', dataset, section.get('batch_size'))
 
 
-def endless_batches(reader, first_pass=0):
-    """Passes over `reader` one after another (pass k shuffled as epoch k)."""
+def endless_batches(batches, reader, first_pass=0):
+    """Passes over `reader` one after another, pass k being `batches(reader, k)`
+    (shuffled as epoch k)."""
     passes = first_pass
     while True:
-        yield from epoch_batches(reader, passes)
+        yield from batches(reader, passes)
         passes += 1

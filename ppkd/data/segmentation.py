@@ -7,6 +7,7 @@ import os
 
 import cv2
 import numpy as np
+import paddle
 from PIL import Image
 
 from paddleseg.cvlibs import manager
@@ -77,3 +78,23 @@ class CheckedSegDataset(Dataset):
             data['gt_fields'].append('label')
             data = self.transforms(data)
         return data
+
+
+class UnlabeledSegImages(paddle.io.Dataset):
+    """Images without masks (`distill.unlabeled`), through the training
+    set's own transforms, so they are scaled, cropped, flipped and
+    normalised as the labelled ones are."""
+
+    def __init__(self, paths, transforms):
+        self.paths, self.transforms = list(paths), transforms
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        path = self.paths[index]
+        check_image_complete(path)
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise PPKDError(f'cannot read image {path}')
+        return {'img': self.transforms({'img': image.astype('float32'), 'trans_info': [], 'gt_fields': []})['img']}

@@ -231,8 +231,8 @@ class Trainer:
         total_iters = self.total_iters
         history = []
         self.model.train()
-        unlabeled = None if self.unlabeled_loader is None else endless_batches(self.unlabeled_loader,
-                                                                                 self.start_epoch)
+        unlabeled = None if self.unlabeled_loader is None else endless_batches(self.task.batches,
+                                                                                 self.unlabeled_loader, self.start_epoch)
         tuner = wait_policy_tuner(self.cfg)
         with _sigterm_flag() as terminated:
             return self._train_epochs(log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner,

@@ -27,8 +27,9 @@ from paddleseg.utils import metrics
 
 from ppkd import compat
 from ppkd import config as cfgmod
-import ppkd.data.segmentation  # noqa: F401  registers CheckedSegDataset
 from ppkd.data.loader import stop_workers_on_error
+from ppkd.data.segmentation import UnlabeledSegImages  # the module registers CheckedSegDataset
+from ppkd.data.unlabeled import list_unlabeled_images, unlabeled_section
 from ppkd.errors import PPKDError
 
 logger = logging.getLogger('ppkd')
@@ -219,9 +220,21 @@ class SegmentationTask:
         spec['type'] = 'Momentum' if kind == 'SGD' and 'momentum' in spec else kind
         return lr, self._build(spec, 'optimizer')(model, lr)
 
-    @staticmethod
-    def unlabeled_reader():
-        return None
+    def unlabeled_reader(self):
+        """`distill.unlabeled`'s images (relative to `dataset_dir`, else the
+        training set's root), shuffled, in batches of their own size (the
+        labelled one by default); None when the config has none."""
+        section = unlabeled_section(self.cfg)
+        if section is None:
+            return None
+        root = self.cfg.get('dataset_dir') or self.seg.dic['train_dataset'].get('dataset_root')
+        paths = list_unlabeled_images(root, section.get('image_dir'), section.get('image_list'))
+        dataset = UnlabeledSegImages(paths, self._dataset('train_dataset').transforms)
+        batch_size = int(section.get('batch_size') or self.cfg['batch_size'])
+        # Fewer images than a batch still make one (smaller) batch a pass.
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size, shuffle=True,
+                                                    drop_last=len(dataset) >= batch_size)
+        return _Reader(dataset, sampler, int(self.cfg.get('worker_num') or 0))
 
     @staticmethod
     def batch_size(batch):
