@@ -217,6 +217,36 @@ def _paddleseg_area_0d():
     _concat_0d_during('paddleseg_area_0d', metrics, 'calculate_area', metrics)
 
 
+def _paddleseg_ohem_promotion():
+    """OhemCrossEntropyLoss.forward pushes ignored pixels above every
+    probability with `prob + (1 - valid_mask)`, float32 + int64, which
+    Paddle 3's type promotion refuses: the same selection (PaddleSeg 2.8's
+    documented behaviour), written with boolean masks instead."""
+    from paddleseg.models.losses import ohem_cross_entropy_loss
+    _patch('paddleseg_ohem_promotion', ohem_cross_entropy_loss.OhemCrossEntropyLoss, 'forward', _ohem_forward)
+
+
+def _ohem_forward(self, logit, label):
+    """Cross entropy over the hard pixels: those whose probability of their
+    own class is below `thresh`, or below the `min_kept`-th smallest such
+    probability when that is higher; every valid pixel when `min_kept` is 0
+    or not below the number of valid pixels. Mean over the kept pixels."""
+    if label.ndim == logit.ndim:
+        label = label.squeeze(1)
+    label = label.astype('int64')
+    valid = label != self.ignore_index
+    target = paddle.where(valid, label, paddle.zeros_like(label)).unsqueeze(1)
+    log_prob = paddle.nn.functional.log_softmax(logit, axis=1)
+    own_log_prob = paddle.take_along_axis(log_prob, target, axis=1).squeeze(1)
+    kept = valid
+    if 0 < self.min_kept < int(valid.astype('int64').sum()):
+        own_prob = paddle.where(valid, own_log_prob.detach().exp(), paddle.full_like(own_log_prob, 2.))
+        kth = float(paddle.sort(own_prob.flatten())[self.min_kept - 1])
+        kept = valid & (own_prob < max(self.thresh, kth))
+    kept = kept.astype(logit.dtype)
+    return paddle.mean(-own_log_prob * kept) / (paddle.mean(kept) + self.EPS)
+
+
 def inference_needs_legacy_ir():
     """Paddle 3's PIR inference passes crash on ppdet models (3.3.1:
     `conv_activation_mkldnn_fuse_pass` segfaults building FusedConv2dOp on
@@ -250,6 +280,7 @@ FIXES = {
 PADDLESEG_FIXES = {
     'paddleseg_ce_float_weights': (lambda: paddle_version() >= (3, 0), _paddleseg_ce_float_weights),
     'paddleseg_area_0d': (_zero_d_tensors, _paddleseg_area_0d),
+    'paddleseg_ohem_promotion': (lambda: paddle_version() >= (3, 0), _paddleseg_ohem_promotion),
 }
 
 

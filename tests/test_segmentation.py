@@ -211,6 +211,37 @@ def test_area_fix_is_needed_and_works():
         metrics.calculate_area(pred, label, 2)
 
 
+def _numpy_ohem(logit, label, thresh, min_kept, ignore=255, eps=1e-5):
+    """PaddleSeg 2.8's OHEM cross entropy as documented, in NumPy."""
+    e = np.exp(logit - logit.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    valid = label != ignore
+    own = np.take_along_axis(p, np.where(valid, label, 0)[:, None], 1)[:, 0]
+    kept = valid.copy()
+    if 0 < min_kept < valid.sum():
+        kth = np.sort(np.where(valid, own, 2.).ravel())[min_kept - 1]
+        kept = valid & (own < max(thresh, kth))
+    return (-np.log(own) * kept).mean() / (kept.mean() + eps)
+
+
+@pytest.mark.smoke
+def test_ohem_cross_entropy_matches_numpy_and_needs_its_fix_on_paddle_3():
+    """On Paddle 2.6 PaddleSeg's own loss is checked against the NumPy
+    value; on Paddle 3 it fails (type promotion) and ppkd's fix is."""
+    from paddleseg.models.losses import OhemCrossEntropyLoss
+    rng = np.random.RandomState(0)
+    logit = rng.randn(2, 3, 6, 7).astype('float32')
+    label = rng.randint(0, 3, (2, 6, 7))
+    label[0, :2] = 255
+    for thresh, min_kept in ((0.7, 10), (0.2, 5), (0.7, 0), (0.7, 1000)):
+        loss = OhemCrossEntropyLoss(thresh=thresh, min_kept=min_kept)
+        value = float(loss(paddle.to_tensor(logit), paddle.to_tensor(label)))
+        assert abs(value - _numpy_ohem(logit.astype('float64'), label, thresh, min_kept)) < 1e-5
+    if compat.PADDLESEG_FIXES['paddleseg_ohem_promotion'][0]():
+        with compat.disabled('paddleseg_ohem_promotion'), pytest.raises(Exception, match='(?i)type promotion'):
+            OhemCrossEntropyLoss(min_kept=10)(paddle.to_tensor(logit), paddle.to_tensor(label))
+
+
 # ---- configs and commands -------------------------------------------------------------------------------------
 
 
