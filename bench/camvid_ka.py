@@ -63,8 +63,12 @@ def summarise(method, seed, out, seconds, error, classes):
     return {'method': method, 'seed': seed, 'mIoU': final['mIoU'], 'pixel_accuracy': final['pixel_accuracy'],
             'per_class': final['per_class'], 'error': error, 'train_seconds': seconds, 'images': final.get('images'),
             'curve': [(e['iteration'], e['mIoU']) for e in evals],
-            'losses': {'first': {k: v for k, v in first.items() if 'loss' in k or k in ('pixel_kd', 'fitnet', 'ka_adaptation', 'ka_affinity')},
-                       'last': {k: v for k, v in last.items() if 'loss' in k or k in ('pixel_kd', 'fitnet', 'ka_adaptation', 'ka_affinity')}}}
+            'losses': {'first': _loss_terms(first), 'last': _loss_terms(last)}}
+
+
+def _loss_terms(row):
+    """The student's loss and the distillation terms (on raw images too) of a training log row."""
+    return {k: v for k, v in row.items() if 'loss' in k or k.startswith(('pixel_kd', 'fitnet', 'ka_adaptation', 'ka_affinity'))}
 
 
 TRAINING = ('trained at {}×{} (random scale ×0.75–1.125 of that, pad or crop, flip), tested resized to it and scored '
