@@ -181,6 +181,36 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_partial_file(tiny_voc, tmp_pa
     assert 'model_final.pdparams' not in names and not [n for n in names if n.startswith('.tmp')]
 
 
+def test_ctrl_c_swallowed_by_a_finalizer_still_stops_training(tiny_voc, tmp_path, monkeypatch, capsys):
+    """Python ignores a KeyboardInterrupt raised inside a `__del__` (it
+    prints it and goes on): a Ctrl-C that lands there must still stop the
+    run (the training loop remembers it), not train on to the end."""
+    import signal
+    import time
+    from ppkd.engine import trainer
+
+    class InterruptedWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, inside the finalizer
+
+    epochs_begun = []
+
+    def seed_and_interrupt_in_epoch_1(seed):
+        epochs_begun.append(seed)
+        if len(epochs_begun) == 2:
+            InterruptedWhileCollected()  # collected at once
+        return seed_everything(seed)
+
+    seed_everything = trainer.seed_everything
+    monkeypatch.setattr(trainer, 'seed_everything', seed_and_interrupt_in_epoch_1)
+    out = tmp_path / 'run'
+    code = run_script('tools/train.py', ['-c', STUDENT, '--output_dir', str(out), '-o',
+                                         *tiny_opts(tiny_voc, 'epoch=3', 'snapshot_epoch=1')])
+    assert code == 130 and 'error: interrupted' in capsys.readouterr().err
+    assert len(epochs_begun) == 2 and not os.path.exists(out / 'model_final.pdparams')
+
+
 def test_resume_refuses_a_state_saved_with_other_weights(tiny_voc, tmp_path, capsys):
     """An interruption between the .pdstate and the .pdparams renames leaves
     one epoch's state beside another's weights: resuming says so."""

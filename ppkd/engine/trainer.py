@@ -90,20 +90,39 @@ def seed_everything(seed):
     paddle.seed(seed)
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
+class _StopSignals:
     """While training: SIGTERM only raises a flag (checked after each
-    iteration) instead of killing the process mid-write. Signals can be set
-    in the main thread only; elsewhere the flag never rises."""
-    raised = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: raised.append(signum))
-    try:
-        yield lambda: bool(raised)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    iteration) instead of killing the process mid-write. Ctrl-C (SIGINT)
+    raises KeyboardInterrupt at once, as usual, and is also remembered: one
+    that lands inside a finalizer (`__del__`, where Python prints it and
+    goes on) still stops training after the iteration. Signals can be set
+    in the main thread only; elsewhere no flag ever rises."""
+
+    def __init__(self):
+        self.received = set()
+
+    def terminated(self):
+        return signal.SIGTERM in self.received
+
+    def interrupted(self):
+        return signal.SIGINT in self.received
+
+    def _on_sigint(self, signum, frame):
+        self.received.add(signum)
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: self.received.add(signum)),
+                    signal.SIGINT: signal.signal(signal.SIGINT, self._on_sigint)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _scalar(value):
@@ -234,11 +253,11 @@ class Trainer:
         unlabeled = None if self.unlabeled_loader is None else endless_batches(self.task.batches,
                                                                                  self.unlabeled_loader, self.start_epoch)
         tuner = wait_policy_tuner(self.cfg)
-        with _sigterm_flag() as terminated:
+        with _StopSignals().installed() as signals:
             return self._train_epochs(log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner,
-                                      terminated)
+                                      signals)
 
-    def _train_epochs(self, log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner, terminated):
+    def _train_epochs(self, log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner, signals):
         for epoch in range(self.start_epoch, self.epochs):
             # Seeding per epoch makes a resumed run draw the same batches.
             seed_everything(self.seed + epoch)
@@ -287,8 +306,10 @@ class Trainer:
                 if step % log_iter == 0 or step == self.steps_per_epoch - 1 or iteration == total_iters - 1:
                     self._log(epoch, step, outputs, batch_cost, data_cost, self.task.batch_size(batch),
                               total_iters - iteration - 1)
+                if signals.interrupted():  # a Ctrl-C that a finalizer swallowed
+                    raise KeyboardInterrupt
                 inside = step + 1 < self.steps_per_epoch and iteration + 1 < total_iters
-                if terminated() and inside:
+                if signals.terminated() and inside:
                     self._save('latest', epoch, step=step + 1)
                     latest = os.path.join(self.output_dir, 'latest')
                     raise StoppedBySignal(f'terminated (SIGTERM) at epoch {epoch}, iteration {iteration + 1}; saved '
