@@ -181,6 +181,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_partial_file(tiny_voc, tmp_pa
     assert 'model_final.pdparams' not in names and not [n for n in names if n.startswith('.tmp')]
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # the swallowed one, on purpose
 def test_ctrl_c_swallowed_by_a_finalizer_still_stops_training(tiny_voc, tmp_path, monkeypatch, capsys):
     """Python ignores a KeyboardInterrupt raised inside a `__del__` (it
     prints it and goes on): a Ctrl-C that lands there must still stop the
