@@ -1,3 +1,4 @@
+import gc
 import logging
 import os
 import shutil
@@ -180,3 +181,35 @@ def test_student_recorder_records_only_inside_training_steps(tiny_voc, tiny_teac
     assert recorded and set(recorded.values()) == {1}
     evaluate(cfg, model.student, build_reader(cfg, 'Eval'))
     assert {k: len(v) for k, v in model.student_recorder.outputs.items()} == recorded
+
+
+def _live_tensors():
+    """Distinct Paddle tensors referenced from Python containers (tensors
+    themselves are not tracked by the garbage collector)."""
+    gc.collect()
+    return len({id(r) for o in gc.get_objects() for r in gc.get_referents(o) if isinstance(r, paddle.Tensor)})
+
+
+def test_evaluation_memory_does_not_grow_with_the_test_list(tiny_voc, tiny_teacher):
+    """Ten times the test list leaves no more tensors alive than once.
+    Counted, not measured as RSS: the process's native memory moves by tens
+    of MB from one pass to the next over the same images (allocator caches),
+    which would hide a leak and fail at random. The positive control, the
+    recorder kept on during evaluation (the old leak), must show up."""
+    from ppkd.engine.evaluator import evaluate
+    with open(os.path.join(tiny_voc, 'test.txt')) as f:
+        lines = f.read()
+    with open(os.path.join(tiny_voc, 'test_x10.txt'), 'w') as f:
+        f.write(lines * 10)
+    once, tenfold = _student_cfg(tiny_voc), _student_cfg(tiny_voc, 'EvalDataset.anno_path=test_x10.txt')
+    model = build_distiller(once, _teacher_cfg(tiny_voc), tiny_teacher[1])
+    model.train()
+    model(next(epoch_batches(build_reader(once, 'Train'))))
+    assert evaluate(once, model.student, build_reader(once, 'Eval'))['images'] * 10 == evaluate(
+        tenfold, model.student, build_reader(tenfold, 'Eval'))['images']
+    before = _live_tensors()
+    evaluate(tenfold, model.student, build_reader(tenfold, 'Eval'))
+    assert _live_tensors() == before
+    with model.student_recorder.recording():
+        evaluate(tenfold, model.student, build_reader(tenfold, 'Eval'))
+    assert _live_tensors() > before + 10
