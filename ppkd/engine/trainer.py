@@ -244,20 +244,19 @@ class Trainer:
         """Train from `start_epoch` to the end; returns the history of evals."""
         if self.rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-        log_iter = int(self.cfg.get('log_iter', 20))
-        snapshot = int(self.cfg.get('snapshot_epoch', 1))
-        snapshot_iter = int(self.cfg.get('snapshot_iter') or 0)
-        total_iters = self.total_iters
-        history = []
         self.model.train()
         unlabeled = None if self.unlabeled_loader is None else endless_batches(self.task.batches,
                                                                                  self.unlabeled_loader, self.start_epoch)
         tuner = wait_policy_tuner(self.cfg)
         with _StopSignals().installed() as signals:
-            return self._train_epochs(log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner,
-                                      signals)
+            return self._train_epochs(unlabeled, tuner, signals)
 
-    def _train_epochs(self, log_iter, snapshot, snapshot_iter, total_iters, history, unlabeled, tuner, signals):
+    def _train_epochs(self, unlabeled, tuner, signals):
+        log_iter = int(self.cfg.get('log_iter', 20))
+        snapshot = int(self.cfg.get('snapshot_epoch', 1))
+        snapshot_iter = int(self.cfg.get('snapshot_iter') or 0)
+        total_iters = self.total_iters
+        history = []
         for epoch in range(self.start_epoch, self.epochs):
             # Seeding per epoch makes a resumed run draw the same batches.
             seed_everything(self.seed + epoch)
