@@ -7,6 +7,7 @@
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 #   make bench-throughput   images/s of the real training loops (student, ppkd, ppdet DistillModel) per thread setting
 #   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
+#   make bench-camvid-unlabeled  CamVid with a quarter of the masks: no teacher / pixel KD on labelled + raw images, 3 seeds (~1.5 h)
 VENV ?= .venv
 ifeq ($(GPU),1)
 PADDLE ?= paddlepaddle-gpu==2.6.2
@@ -15,7 +16,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain bench-throughput bench-camvid clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain bench-throughput bench-camvid bench-camvid-unlabeled clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -49,6 +50,9 @@ bench-throughput: install
 
 bench-camvid: install
 	$(PY) bench/camvid_ka.py
+
+bench-camvid-unlabeled: install
+	$(PY) bench/camvid_unlabeled.py
 
 clean:
 	rm -rf output dataset/demo_shapes
