@@ -59,8 +59,9 @@ def settings_note(s):
             f'{s["unlabeled_images"]} as raw images (read by the distilled arm only, batch {s["batch_size"]} beside '
             f'each labelled batch); test: the 233 test images. {TRAINING.format(*s["size"], s["batch_size"])} '
             f'Teacher {s["teacher_iters"]} iterations, students {s["student_iters"]}. Pixel KD: temperature 1, '
-            f'weight 1 on labelled and on raw images. {SCORING} (The raw images' augmentation '
-            f'draws from the same random stream, so the two arms' augmentations differ after the first step.) {s["workers"]} run(s) at a time. CPU: {s["cpu"]}.')
+            f'weight 1 on labelled and on raw images. {SCORING} (The raw images are augmented from the same '
+            f'random stream, so the two arms\' augmentations differ after the first step.) '
+            f'{s["workers"]} run(s) at a time. CPU: {s["cpu"]}.')
 
 
 def teacher_command(work_dir, common, iters):
