@@ -170,6 +170,22 @@ def picture(models, common, out, frames=(0, 60, 120, 180)):
     atomic_write_png(out, np.concatenate([header, *rows], 0))
 
 
+def run_students(jobs, results, methods, workers, save):
+    """Run `jobs` ((method, seed, command, run folder), finished ones
+    reused) `workers` at a time; as each ends, its summary joins
+    results['runs'] (in `methods` order, then seed) and `save()` rewrites
+    the results."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_once, cmd, run_dir): (method, seed, run_dir) for method, seed, cmd, run_dir in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            method, seed, run_dir = futures[future]
+            seconds, error = future.result()
+            results['runs'].append(summarise(method, seed, run_dir, seconds, error, list(results['teacher']['per_class'])))
+            print(f'{method} seed {seed}: mIoU {results["runs"][-1]["mIoU"]:.2f} in {seconds:.0f} s', flush=True)
+            results['runs'].sort(key=lambda r: (methods.index(r['method']), r['seed']))
+            save()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--dataset', default=CAMVID)
@@ -220,15 +236,7 @@ def main():
                 cmd += teacher_args
             cmd += ['-o', *common, f'iters={args.student_iters}', 'snapshot_epoch=4', *extra, *ka_opts, *args.opt]
             jobs.append((method, seed, cmd, run_dir))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(run_once, cmd, run_dir): (method, seed, run_dir) for method, seed, cmd, run_dir in jobs}
-        for future in concurrent.futures.as_completed(futures):
-            method, seed, run_dir = futures[future]
-            seconds, error = future.result()
-            results['runs'].append(summarise(method, seed, run_dir, seconds, error, list(teacher['per_class'])))
-            print(f'{method} seed {seed}: mIoU {results["runs"][-1]["mIoU"]:.2f} in {seconds:.0f} s', flush=True)
-            results['runs'].sort(key=lambda r: (list(METHODS).index(r['method']), r['seed']))
-            write(results, args.out, settings_note)
+    run_students(jobs, results, list(METHODS), args.workers, lambda: write(results, args.out, settings_note))
     seed = args.seeds[0]
     shown = [('teacher', TEACHER_CFG, teacher_weights)] + [
         (method, os.path.join(CFG, METHODS[method][1]), os.path.join(run_dir, 'model_final.pdparams'))

@@ -12,13 +12,13 @@ frames (image / truth / teacher / student alone / distilled). The lists,
 the teacher and finished runs are reused by later runs.
 """
 import argparse
-import concurrent.futures
 import os
 import sys
 
 import numpy as np
 
-from camvid_ka import CAMVID, CFG, SCORING, STUDENT_CFG, TEACHER_CFG, TRAINING, picture, size_opts, summarise, write
+from camvid_ka import (CAMVID, CFG, SCORING, STUDENT_CFG, TEACHER_CFG, TRAINING, picture, run_students, size_opts,
+                       write)
 from common import ROOT, cpu_model, read_metrics, run_once
 
 sys.path.insert(0, ROOT)
@@ -113,16 +113,8 @@ def main():
             if script.startswith('slim'):
                 cmd.append(f'distill.unlabeled.image_list={unlabeled}')
             jobs.append((method, seed, cmd, run_dir))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(run_once, cmd, run_dir): (method, seed, run_dir) for method, seed, cmd, run_dir in jobs}
-        for future in concurrent.futures.as_completed(futures):
-            method, seed, run_dir = futures[future]
-            seconds, error = future.result()
-            results['runs'].append(summarise(method, seed, run_dir, seconds, error, list(teacher['per_class'])))
-            print(f'{method} seed {seed}: mIoU {results["runs"][-1]["mIoU"]:.2f} in {seconds:.0f} s', flush=True)
-            results['runs'].sort(key=lambda r: (list(METHODS).index(r['method']), r['seed']))
-            write(results, args.out, settings_note,
-                  'CamVid, a quarter labelled: DeepLabV3+ MobileNetV2 student, per seed')
+    run_students(jobs, results, list(METHODS), args.workers, lambda: write(
+        results, args.out, settings_note, 'CamVid, a quarter labelled: DeepLabV3+ MobileNetV2 student, per seed'))
     seed = args.seeds[0]
     shown = [('teacher', TEACHER_CFG, teacher_weights)] + [
         (method, cmd[2], os.path.join(run_dir, 'model_final.pdparams'))

@@ -17,6 +17,15 @@ from ppkd.data.voc import check_image_complete, read_label_list
 from ppkd.errors import PPKDError
 
 
+def read_image(path):
+    """An image file as float32 BGR, checked whole (a truncated JPEG is named)."""
+    check_image_complete(path)
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise PPKDError(f'cannot read image {path}')
+    return image.astype('float32')
+
+
 @manager.DATASETS.add_component
 class CheckedSegDataset(Dataset):
     """PaddleSeg's `Dataset` (a list file of `image label` lines under
@@ -46,10 +55,7 @@ class CheckedSegDataset(Dataset):
     def read(self, index):
         """(image as float32 BGR, mask with ignore_labels mapped) of one line, checked."""
         image_path, label_path = self.file_list[index]
-        check_image_complete(image_path)
-        image = cv2.imread(image_path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise PPKDError(f'cannot read image {image_path}')
+        image = read_image(image_path)
         try:
             label = np.asarray(Image.open(label_path))
         except OSError as e:
@@ -66,7 +72,7 @@ class CheckedSegDataset(Dataset):
         if bad.size:
             raise PPKDError(f'{label_path}: labels {bad.tolist()} outside the {self.num_classes} classes '
                             f'(and not ignore_index {self.ignore_index}; list them in ignore_labels to ignore them)')
-        return image.astype('float32'), label.astype('uint8')
+        return image, label.astype('uint8')
 
     def __getitem__(self, index):
         image, label = self.read(index)
@@ -92,9 +98,5 @@ class UnlabeledSegImages(paddle.io.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        path = self.paths[index]
-        check_image_complete(path)
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise PPKDError(f'cannot read image {path}')
-        return {'img': self.transforms({'img': image.astype('float32'), 'trans_info': [], 'gt_fields': []})['img']}
+        image = read_image(self.paths[index])
+        return {'img': self.transforms({'img': image, 'trans_info': [], 'gt_fields': []})['img']}
