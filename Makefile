@@ -4,10 +4,11 @@
 #   make test-paddle26      the end-to-end smoke tests on Paddle 2.6.2 (.venv-paddle26)
 #   make bench-step-time    distillation step time vs the student and ppdet's DistillModel
 #   make bench-bccd         the BCCD comparisons (YOLOv3, then the Faster R-CNN ablation; hours on CPU)
+#   make bench-fgfi         BCCD: FGFI vs the whole-map hint vs no teacher, YOLOv3 then Faster R-CNN, 3 seeds (hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 #   make bench-throughput   images/s of the real training loops (student, ppkd, ppdet DistillModel) per thread setting
 #   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
-#   make bench-camvid-unlabeled  CamVid with a quarter of the masks: no teacher / pixel KD on labelled + raw images, 3 seeds (~1.5 h)
+#   make bench-camvid-unlabeled  CamVid with a quarter of the masks: no teacher / pixel KD / knowledge adaptation on labelled + raw images, 3 seeds (~2.5 h)
 VENV ?= .venv
 ifeq ($(GPU),1)
 PADDLE ?= paddlepaddle-gpu==2.6.2
@@ -16,7 +17,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-gain bench-throughput bench-camvid bench-camvid-unlabeled clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-gain bench-throughput bench-camvid bench-camvid-unlabeled clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -40,6 +41,10 @@ bench-step-time: install
 bench-bccd: install
 	$(PY) bench/bccd_yolov3.py
 	$(PY) bench/bccd_faster_rcnn.py
+
+bench-fgfi: install
+	$(PY) bench/bccd_fgfi.py --family yolov3
+	$(PY) bench/bccd_fgfi.py --family faster_rcnn
 
 bench-gain: install
 	$(PY) bench/demo_seeds.py

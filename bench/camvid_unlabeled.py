@@ -1,9 +1,10 @@
 """Segmentation distillation on unlabeled images, CamVid: a quarter of the
 training images keep their masks, the rest are raw images. A DeepLabV3+
 ResNet-18 teacher trains on the labelled quarter; a DeepLabV3+ MobileNetV2
-student trains on it alone, or with pixel KD from the teacher on the
-labelled and the unlabeled images (`distill.unlabeled`), same schedule,
-several seeds.
+student trains on it alone, or with pixel KD or knowledge adaptation
+(auto-encoder trained first, on the labelled images) from the teacher on
+the labelled and the unlabeled images (`distill.unlabeled`), same
+schedule, several seeds.
 
     .venv/bin/python bench/camvid_unlabeled.py [--seeds 0 1 2] [--workers 2] [--labeled_fraction 0.25]
 
@@ -19,16 +20,19 @@ import numpy as np
 
 from camvid_ka import (CAMVID, CFG, SCORING, STUDENT_CFG, TEACHER_CFG, TRAINING, picture, run_students, size_opts,
                        write)
-from common import ROOT, cpu_model, read_metrics, run_once
+from common import ROOT, cpu_model, read_metrics, run, run_once
 
 sys.path.insert(0, ROOT)
 from ppkd.utils import atomic_write_text  # noqa: E402
 
-UNLABELED_CFG = os.path.join(CFG, 'distill_pixel_kd_unlabeled.yml')
+KA_CFG = os.path.join(CFG, 'distill_ka_unlabeled.yml')
 METHODS = {
     'no teacher': ('tools/train.py', STUDENT_CFG),
-    'pixel KD, labelled + unlabeled': ('slim/distillation/distill.py', UNLABELED_CFG),
+    'pixel KD, labelled + unlabeled': ('slim/distillation/distill.py', os.path.join(CFG, 'distill_pixel_kd_unlabeled.yml')),
+    'knowledge adaptation, labelled + unlabeled': ('slim/distillation/distill.py', KA_CFG),
 }
+# The labelled quarter is 23 batches: 4 passes give the auto-encoder as many steps as one pass of the full set.
+AUTOENCODER_EPOCHS = 4
 
 
 def write_lists(dataset, fraction, out_dir):
@@ -59,7 +63,9 @@ def settings_note(s):
             f'{s["unlabeled_images"]} as raw images (read by the distilled arm only, batch {s["batch_size"]} beside '
             f'each labelled batch); test: the 233 test images. {TRAINING.format(*s["size"], s["batch_size"])} '
             f'Teacher {s["teacher_iters"]} iterations, students {s["student_iters"]}. Pixel KD: temperature 1, '
-            f'weight 1 on labelled and on raw images. {SCORING} (The raw images are augmented from the same '
+            f'weight 1 on labelled and on raw images. Knowledge adaptation: β 1, γ 1, weight 1 on labelled and on '
+            f'raw images; its auto-encoder trained for {AUTOENCODER_EPOCHS} passes over the labelled images '
+            f'(lr 0.1, α 1e-7, strides 1-2-1). {SCORING} (The raw images are augmented from the same '
             f'random stream, so the two arms\' augmentations differ after the first step.) '
             f'{s["workers"]} run(s) at a time. CPU: {s["cpu"]}.')
 
@@ -100,6 +106,15 @@ def main():
     teacher = dict(evals[-1], train_seconds=teacher_seconds)
     teacher_weights = os.path.join(teacher_dir, 'model_final.pdparams')
     teacher_args = ['-t', TEACHER_CFG, '--teacher_pretrained', teacher_weights, '--teacher_opt', *common]
+    autoencoder = os.path.join(args.work_dir, 'autoencoder.pdparams')
+    ka_opts = [f'KnowledgeAdaptation.autoencoder={autoencoder}']
+    if not os.path.isfile(autoencoder):
+        print('auto-encoder', flush=True)
+        _, error = run(['tools/train_autoencoder.py', '-c', KA_CFG, *teacher_args, '-o', *common, *ka_opts,
+                        f'KnowledgeAdaptation.autoencoder_training.epochs={AUTOENCODER_EPOCHS}'],
+                       os.path.join(args.work_dir, 'autoencoder.log'))
+        if error:
+            sys.exit(f'error: the auto-encoder did not train: {error}')
     args.cpu = cpu_model()
     results = {'settings': vars(args), 'teacher': teacher, 'runs': []}
     jobs = []
@@ -112,6 +127,8 @@ def main():
             cmd += ['-o', *common, f'iters={args.student_iters}', 'snapshot_epoch=5']
             if script.startswith('slim'):
                 cmd.append(f'distill.unlabeled.image_list={unlabeled}')
+            if cfg == KA_CFG:
+                cmd += ka_opts
             jobs.append((method, seed, cmd, run_dir))
     run_students(jobs, results, list(METHODS), args.workers, lambda: write(
         results, args.out, settings_note, 'CamVid, a quarter labelled: DeepLabV3+ MobileNetV2 student, per seed'))

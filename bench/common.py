@@ -1,6 +1,7 @@
 """What the BCCD comparisons share: running a training command (once),
 reading its metrics, and writing the results table."""
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -115,7 +116,7 @@ def run_student(method, seed, cmd, out, classes):
 
 
 def comparison_args(description, work_name, out_name, input_size, batch_size, teacher_epochs, student_epochs, seeds,
-                    methods, labeled_fraction=None):
+                    methods, labeled_fraction=None, workers=1):
     """The flags every BCCD comparison takes, with its own defaults."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument('--dataset', default=BCCD)
@@ -131,6 +132,8 @@ def comparison_args(description, work_name, out_name, input_size, batch_size, te
     p.add_argument('--labeled_fraction', type=float, default=labeled_fraction,
                    help='keep this share of trainval labelled, the rest unlabeled (tools/split_voc.py)')
     p.add_argument('--split_seed', type=int, default=0, help='seed of the labelled/unlabeled draw')
+    p.add_argument('--workers', type=int, default=workers,
+                   help='student runs at a time (each on its share of the CPU threads), in seed then method order')
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
     p.add_argument('--teacher_opt', nargs='*', default=[], help='extra overrides for the teacher run')
     return p
@@ -151,9 +154,12 @@ def cpu_model():
 
 
 def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_label, title, warmup_steps=50):
-    """Train (or reuse) the teacher, then every method × seed, seed by seed
-    so a cut-short run still compares every method; `methods` maps a name to
-    (script, config, extra overrides). Results go to `args.out`.{md,json,png}."""
+    """Train (or reuse) the teacher, then every method × seed (`args.workers`
+    at a time), seed by seed so a cut-short run still compares every
+    method; `methods` maps a name to (script, config, extra overrides).
+    Results go to `args.out`.{md,json,png}, rewritten as each run ends."""
+    if args.workers > 1:  # each run on its share of the cores, the teacher too
+        os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // args.workers))
     os.makedirs(args.work_dir, exist_ok=True)
     lists = os.path.join(args.work_dir, 'lists')
     split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists, seed=args.split_seed,
@@ -169,6 +175,7 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
     results = {'settings': vars(args), 'teacher': {'mAP': teacher_eval['mAP'], 'per_class': teacher_eval['per_class'],
                                                    'train_seconds': teacher_seconds}, 'runs': []}
     print(f'teacher: mAP {teacher_eval["mAP"]:.2f}', flush=True)
+    jobs = []
     for seed in args.seeds:
         for method in args.methods:
             script, cfg, extra = methods[method]
@@ -178,7 +185,13 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
             if script.startswith('slim'):
                 cmd += ['-t', teacher_cfg, '--teacher_pretrained', os.path.join(teacher_dir, 'model_final.pdparams')]
             cmd += ['-o', *common, *schedule(args.student_epochs, warmup_steps), *extra, *args.opt]
-            results['runs'].append(run_student(method, seed, cmd, run_dir, teacher_eval['per_class']))
+            jobs.append((method, seed, cmd, run_dir))
+    order = [(seed, method) for seed in args.seeds for method in args.methods]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
+        futures = [pool.submit(run_student, *job, teacher_eval['per_class']) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            results['runs'].append(future.result())
+            results['runs'].sort(key=lambda r: order.index((r['seed'], r['method'])))
             write(results, args.out, teacher_label, title)
 
 
@@ -229,7 +242,7 @@ def write(results, out, teacher_label, title, baseline='no teacher'):
             'student initialisation and labelled data order in every arm. Gain: mean paired Δ > 2 × its '
             'standard error, or Δ > 0 on every seed (≥ 3 seeds). Test images scored per run: '
             + ', '.join(str(n) for n in sorted({r.get('images') for r in results['runs']}, key=str))
-            + '. CPU: ' + s.get('cpu', '?') + '.\n')
+            + f'. {s.get("workers", 1)} run(s) at a time. CPU: ' + s.get('cpu', '?') + '.\n')
     atomic_write_text(out + '.md', '\n'.join(lines) + '\n' + note)
     atomic_write_text(out + '.json', json.dumps(results, indent=1) + '\n')
     save_curves(results['runs'], out + '.png', 'mAP@0.5 (%)', title)

@@ -12,6 +12,7 @@ from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.tasks.detection import DetectionTask
 from ppkd.teacher import freeze, run_for_features
+from ppkd.utils import hold_outside_tree
 
 logger = logging.getLogger('ppkd')
 
@@ -232,7 +233,7 @@ class _TrainedPart(nn.Layer):
         super().__init__()
         self.student = distiller.student
         self.distill_losses = distiller.distill_losses
-        self.__dict__['distiller'] = distiller
+        hold_outside_tree(self, 'distiller', distiller)
 
     def train(self):
         self.distiller.train()

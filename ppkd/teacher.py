@@ -15,14 +15,16 @@ def _weights_path(path):
     raise PPKDError(f'weights not found: {path}')
 
 
-def load_weights(model, path, role='model', strict=True):
-    """Load a `.pdparams` state dict into `model`. With `strict`, any missing
-    key, unexpected key or shape mismatch is refused, naming the first few."""
+def load_weights(model, path, role='model', strict=True, state=None):
+    """Load a `.pdparams` state dict into `model` (`state`: that file's
+    dict, already read). With `strict`, any missing key, unexpected key or
+    shape mismatch is refused, naming the first few."""
     path = _weights_path(path)
-    try:
-        state = paddle.load(path)
-    except Exception as e:  # paddle raises several types for a bad file
-        raise PPKDError(f'{path}: cannot read weights ({type(e).__name__}: {e})') from None
+    if state is None:
+        try:
+            state = paddle.load(path)
+        except Exception as e:  # paddle raises several types for a bad file
+            raise PPKDError(f'{path}: cannot read weights ({type(e).__name__}: {e})') from None
     if not isinstance(state, dict):
         raise PPKDError(f'{path}: not a state dict')
     own = model.state_dict()

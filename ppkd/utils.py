@@ -7,6 +7,13 @@ import cv2
 from ppkd.errors import PPKDError
 
 
+def hold_outside_tree(layer, name, value):
+    """`layer.<name> = value` without making `value` a sublayer: Paddle
+    registers any Layer assigned to a Layer's attribute, and its parameters
+    would then train, save and synchronise with the holder's."""
+    object.__setattr__(layer, name, value)
+
+
 def _atomic_write(path, data, mode):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp-')
     try:

@@ -3,6 +3,7 @@ checked data set, the compat fixes, and train / auto-encoder / distill /
 eval end to end on generated shapes."""
 import json
 import os
+import random
 
 import numpy as np
 import paddle
@@ -250,6 +251,13 @@ def test_seg_config_overrides_are_checked(tiny_seg):
     cfg = cfgmod.load_config(TEACHER, seg_opts(tiny_seg))
     assert cfg['task'] == 'segmentation' and cfg['train_dataset']['dataset_root'] == tiny_seg
     assert cfg['val_dataset']['val_path'] == os.path.join(tiny_seg, 'test.txt')
+    # A set's own list or root on the command line wins over dataset_dir's re-rooting.
+    elsewhere = os.path.join(os.path.dirname(tiny_seg), 'lists', 'labelled.txt')
+    cfg = cfgmod.load_config(TEACHER, seg_opts(tiny_seg, f'train_dataset.train_path={elsewhere}',
+                                               'val_dataset.dataset_root=/data/other'))
+    assert cfg['train_dataset']['train_path'] == elsewhere and cfg['train_dataset']['dataset_root'] == tiny_seg
+    assert cfg['val_dataset']['dataset_root'] == '/data/other'
+    assert cfg['val_dataset']['val_path'] == os.path.join(tiny_seg, 'test.txt')
     with pytest.raises(PPKDError, match="unknown top-level key 'iter' \\(did you mean iters\\?\\)"):
         cfgmod.load_config(TEACHER, ['iter=3'])
     with pytest.raises(PPKDError, match='iters must be a positive integer'):
@@ -279,6 +287,15 @@ def test_train_eval_and_both_knowledge_adaptation_stages(tiny_seg, seg_teacher, 
     evals = [r for r in rows if r['type'] == 'eval']
     assert len(evals) == 1 and evals[0]['images'] == 3 and set(evals[0]['per_class']) == {
         'background', 'circle', 'square', 'triangle', 'cross'}
+    # Neither term reads a mask: with raw images beside the labelled ones both run on them too.
+    raw_out = str(tmp_path / 'ka_raw')
+    assert run_script('slim/distillation/distill.py', [
+        '-c', os.path.join(CAMVID, 'distill_ka_unlabeled.yml'), *teacher, '--output_dir', raw_out, '-o', *opts,
+        'distill.unlabeled.image_list=test.txt', 'distill.unlabeled.batch_size=3']) == 0
+    raw = [json.loads(line) for line in open(os.path.join(raw_out, 'metrics.jsonl')) if '"train"' in line]
+    terms = ('ka_adaptation', 'ka_affinity', 'ka_adaptation_unlabeled', 'ka_affinity_unlabeled')
+    assert len(raw) == 4 and all(r[t] > 0 for r in raw for t in terms)
+    assert all(abs(r['loss'] - r['task_loss'] - sum(r[t] for t in terms)) < 1e-3 * r['loss'] for r in raw)
     # The saved student is a plain PaddleSeg model: tools/eval.py scores it alone.
     capsys.readouterr()
     student = os.path.join(CAMVID, 'student_deeplabv3p_mobilenetv2.yml')
@@ -347,3 +364,14 @@ def test_unlabeled_segmentation_batches_are_transformed_images_only(tiny_seg):
         sizes = [list(b['img'].shape) for b in task.batches(task.unlabeled_reader()) if set(b) == {'img'}]
         expected = [[batch_size, 3, 64, 80]] * (images // batch_size) or [[images, 3, 64, 80]]
         assert sizes == expected, (listed, images)
+    # The raw images get the training set's own transforms: same random draws, same pixels.
+    opts = seg_opts(tiny_seg, 'distill.unlabeled.image_list=train.txt', 'train_dataset.transforms=[{type: '
+                    'ResizeStepScaling, min_scale_factor: 0.5, max_scale_factor: 1.5, scale_step_size: 0.25}, '
+                    '{type: RandomPaddingCrop, crop_size: [48, 40]}, {type: RandomHorizontalFlip}, {type: Normalize}]')
+    task = task_of(cfgmod.load_config(os.path.join(CAMVID, 'distill_pixel_kd_unlabeled.yml'), opts))
+    labelled, raw = task.train_reader().dataset, task.unlabeled_reader().dataset
+    for seed in range(4):
+        random.seed(seed), np.random.seed(seed)  # PaddleSeg's transforms draw from both
+        expected = labelled[0]['img']
+        random.seed(seed), np.random.seed(seed)
+        np.testing.assert_array_equal(raw[raw.paths.index(labelled.file_list[0][0])]['img'], expected)

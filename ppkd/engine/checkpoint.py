@@ -76,14 +76,14 @@ def save_checkpoint(prefix, student, optimizer=None, epoch=None, extra_state=Non
 
 def load_resume_state(prefix):
     """The `.pdstate` dict saved beside `prefix.pdparams`, checked to belong
-    with those weights."""
+    with those weights, and the weights (read once)."""
     prefix = prefix[:-len('.pdparams')] if prefix.endswith('.pdparams') else prefix
     for ext in ('.pdparams', '.pdstate'):
         if not os.path.isfile(prefix + ext):
             raise PPKDError(f'cannot resume: {prefix + ext} not found')
-    state = paddle.load(prefix + '.pdstate')
+    state, weights = paddle.load(prefix + '.pdstate'), paddle.load(prefix + '.pdparams')
     expected = state.get('weights_sha1')
-    if expected is not None and weights_digest(paddle.load(prefix + '.pdparams')) != expected:
+    if expected is not None and weights_digest(weights) != expected:
         raise PPKDError(f'cannot resume: {prefix}.pdstate (epoch {state.get("epoch")}) was not saved with '
                         f'{prefix}.pdparams (interrupted between the two writes?); resume from an earlier checkpoint')
-    return prefix, state
+    return prefix, state, weights

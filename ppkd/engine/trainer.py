@@ -187,12 +187,12 @@ class Trainer:
         load_weights(self.student, path, role='student')
 
     def resume(self, prefix):
-        prefix, state = load_resume_state(prefix)
+        prefix, state, weights = load_resume_state(prefix)
         inside_epoch = state.get('step') is not None
         if int(state['epoch']) + 1 >= self.epochs and not inside_epoch:
             raise PPKDError(f'{prefix}: saved after epoch {int(state["epoch"]) + 1} of {self.epochs}; nothing left '
                             f'to train (raise -o epoch=N to train on)')
-        load_weights(self.student, prefix + '.pdparams', role='student')
+        load_weights(self.student, prefix + '.pdparams', role='student', state=weights)
         try:
             self.optimizer.set_state_dict(optimizer_state_for_loading(state['optimizer'], self.model))
         except (AssertionError, KeyError, ValueError, TypeError) as e:

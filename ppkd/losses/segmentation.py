@@ -13,6 +13,7 @@ from ppdet.core.workspace import register
 
 from ppkd.errors import PPKDError
 from ppkd.losses.base import DistillLoss, layer_channels
+from ppkd.utils import hold_outside_tree
 
 
 def _same_size(student, teacher, what):
@@ -218,7 +219,7 @@ class KnowledgeAdaptation(DistillLoss):
         if t_c != encoder.config['in_channels']:
             raise PPKDError(f'{self.autoencoder_path}: trained on {encoder.config["in_channels"]} channels, the '
                             f'teacher\'s {self.teacher_layers[0]!r} has {t_c}')
-        self.__dict__['autoencoder'] = encoder  # frozen and not trained: kept out of the loss's parameters
+        hold_outside_tree(self, 'autoencoder', encoder)  # frozen, not trained: not among the loss's parameters
         s_c = self.student_channels or layer_channels(student, self.student_layers[0], 'KnowledgeAdaptation (student)')
         code_c = encoder.config['code_channels']
         self.feature_adapter, self.affinity_adapter = _conv_bn_relu(s_c, code_c), _conv_bn_relu(s_c, code_c)

@@ -22,6 +22,7 @@ from paddleseg.core import infer
 from paddleseg.core.train import loss_computation
 from paddleseg.cvlibs import Config as SegConfig
 from paddleseg.cvlibs import SegBuilder
+from paddleseg.transforms import Compose
 from paddleseg.utils import logger as seg_logger
 from paddleseg.utils import metrics
 
@@ -79,15 +80,24 @@ def load_seg_config(path, overrides):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PPKDError(f'{path}: {key} must be a positive integer, got {value!r}')
     if cfg.get('dataset_dir'):
-        # One root for both sets, their list files found under it by name.
-        for section in DATASET_SECTIONS:
-            spec = cfg.get(section)
-            if isinstance(spec, dict):
-                spec['dataset_root'] = cfg['dataset_dir']
-                for key in ('train_path', 'val_path'):
-                    if spec.get(key):
-                        spec[key] = os.path.join(cfg['dataset_dir'], os.path.basename(spec[key]))
+        _apply_dataset_dir(cfg, overrides or {})
     return cfg
+
+
+def _apply_dataset_dir(cfg, overrides):
+    """One root for both sets, their list files found under it by name —
+    except a root or list the command line sets for its own set (the more
+    specific key wins, as for detection configs)."""
+    for section in DATASET_SECTIONS:
+        spec = cfg.get(section)
+        if not isinstance(spec, dict):
+            continue
+        given = overrides.get(section) if isinstance(overrides.get(section), dict) else {}
+        if 'dataset_root' not in given:
+            spec['dataset_root'] = cfg['dataset_dir']
+        for key in ('train_path', 'val_path'):
+            if spec.get(key) and key not in given:
+                spec[key] = os.path.join(cfg['dataset_dir'], os.path.basename(spec[key]))
 
 
 class _Reader:
@@ -187,6 +197,13 @@ class SegmentationTask:
             return read_label_list(os.path.join(spec['dataset_root'], spec['label_list']))
         return [f'class{i}' for i in range(int(spec.get('num_classes', 0)))]
 
+    def train_transforms(self):
+        """The training set's transforms, built without the set (whose list
+        checks read every line), composed as PaddleSeg's data sets do."""
+        spec = self.seg.dic['train_dataset']
+        return Compose([self._build(t, 'train_dataset.transforms') for t in spec.get('transforms') or []],
+                       img_channels=int(spec.get('img_channels', 3)))
+
     def train_reader(self):
         dataset = self._dataset('train_dataset')
         sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=int(self.cfg['batch_size']), shuffle=True,
@@ -229,7 +246,7 @@ class SegmentationTask:
             return None
         root = self.cfg.get('dataset_dir') or self.seg.dic['train_dataset'].get('dataset_root')
         paths = list_unlabeled_images(root, section.get('image_dir'), section.get('image_list'))
-        dataset = UnlabeledSegImages(paths, self._dataset('train_dataset').transforms)
+        dataset = UnlabeledSegImages(paths, self.train_transforms())
         batch_size = int(section.get('batch_size') or self.cfg['batch_size'])
         # Fewer images than a batch still make one (smaller) batch a pass.
         sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size, shuffle=True,

@@ -1,0 +1,54 @@
+"""BCCD: fine-grained feature imitation (FGFI) against no teacher and
+against imitating the whole feature map (the naive hint), same schedule,
+data and seeds, for YOLOv3 (ResNet34 teacher, MobileNetV1 student) or
+Faster R-CNN (ResNet50-FPN teacher, ResNet18-FPN student).
+
+    .venv/bin/python bench/bccd_fgfi.py --family yolov3 [--seeds 0 1 2]
+    .venv/bin/python bench/bccd_fgfi.py --family faster_rcnn [--seeds 0 1 2]
+
+Writes bench/results/bccd_fgfi_<family>.{md,json,png}. The teacher and the
+no-teacher runs live in the same work folders as bccd_yolov3.py's and
+bccd_faster_rcnn.py's (same settings), so each bench reuses the other's.
+"""
+import argparse
+import os
+
+from common import ROOT, comparison_args, run_comparison
+
+CFG = os.path.join(ROOT, 'configs', 'bccd')
+FAMILIES = {
+    # family: (student config, FGFI config, teacher config, teacher folder, teacher label, title, work folder,
+    #          the family's bench defaults, LR warm-up steps)
+    'yolov3': ('student_yolov3_mobilenet_v1.yml', 'distill_fgfi_yolov3.yml', 'teacher_yolov3_r34.yml', 'teacher_r34',
+               'YOLOv3-R34', 'BCCD: YOLOv3-MobileNetV1 student, FGFI', 'bench_bccd',
+               dict(input_size=160, batch_size=8, teacher_epochs=12, student_epochs=8), 50),
+    'faster_rcnn': ('student_faster_rcnn_r18_fpn.yml', 'distill_fgfi_faster_rcnn.yml',
+                    'teacher_faster_rcnn_r50_fpn.yml', 'teacher_r50_fpn', 'Faster R-CNN R50-FPN',
+                    'BCCD: Faster R-CNN R18-FPN student, FGFI', 'bench_bccd_frcnn',
+                    dict(input_size=256, batch_size=2, teacher_epochs=8, student_epochs=5), 100),
+}
+
+
+def methods_of(student_cfg, fgfi_cfg):
+    return {
+        'no teacher': ('tools/train.py', student_cfg, []),
+        'whole map': ('slim/distillation/distill.py', fgfi_cfg, ['FineGrainedImitation.mask=full']),
+        'FGFI': ('slim/distillation/distill.py', fgfi_cfg, []),
+    }
+
+
+def main():
+    # The family picks the other flags' defaults, so it is read first.
+    family_flag = argparse.ArgumentParser(add_help=False)
+    family_flag.add_argument('--family', choices=list(FAMILIES), default='yolov3')
+    family = family_flag.parse_known_args()[0].family
+    student, fgfi, teacher, teacher_dir, label, title, work, defaults, warmup = FAMILIES[family]
+    methods = methods_of(student, fgfi)
+    p = comparison_args(__doc__.strip().splitlines()[0], work, f'bccd_fgfi_{family}', seeds=[0, 1, 2],
+                        methods=methods, workers=2, **defaults)
+    p.add_argument('--family', choices=list(FAMILIES), default='yolov3', help='the detector family compared')
+    run_comparison(p.parse_args(), CFG, teacher, teacher_dir, methods, label, title, warmup_steps=warmup)
+
+
+if __name__ == '__main__':
+    main()
