@@ -20,6 +20,7 @@ from ppkd import compat
 import ppkd.data.coco  # noqa: F401  registers CheckedCOCODataSet for YAML tags
 import ppkd.data.voc  # noqa: F401  registers CheckedVOCDataSet for YAML tags
 import ppkd.losses  # noqa: F401  registers the distillation losses
+import ppkd.modeling  # noqa: F401  registers ppkd's model components (VGGFromFC7)
 from ppkd.errors import PPKDError
 from ppkd.tasks import is_segmentation_file
 

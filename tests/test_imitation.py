@@ -229,3 +229,37 @@ def test_show_imitation_mask_writes_a_png(tiny_voc, tmp_path, capsys):
     assert run_script('tools/show_imitation_mask.py', ['-c', os.path.join(CONFIGS, 'bccd', 'distill_fgfi_yolov3.yml'),
                                                        '--image', str(tmp_path / 'none.jpg')]) == 2
     assert 'error: file not found' in capsys.readouterr().err
+
+
+def test_ssd_masks_on_the_students_priors_with_a_teacher_of_other_priors(tiny_voc, tmp_path):
+    """SSD-MobileNetV1 student, VGG16-SSD teacher (8732 priors, which
+    SSDDistill refuses): the masks need the student's priors only; each
+    level's mask is the NumPy mask of ppdet's own priors there."""
+    from ppkd.builder import build_model
+    ssd = os.path.join(CONFIGS, 'bccd', 'ssd')
+    opts = tiny_opts(tiny_voc, 'num_classes=4', 'input_size=300', 'TrainReader.batch_size=2')
+    student = cfgmod.load_config(os.path.join(ssd, 'distill_fgfi_ssd.yml'), opts)
+    teacher = cfgmod.load_config(os.path.join(ssd, 'teacher_ssd_vgg16.yml'), opts)
+    path = str(tmp_path / 'vgg.pdparams')
+    paddle.save(build_model(teacher).state_dict(), path)
+    model = build_distiller(student, teacher, path)
+    loss = model.distill_losses[0]
+    assert loss.student_layers == [f'backbone[{i}]' for i in range(6)]
+    model.train()
+    batch = next(epoch_batches(build_reader(student, 'Train')))
+    out = model(batch)
+    assert np.isfinite(float(out['distill_imitation'])) and float(out['distill_imitation']) > 0
+    sizes = [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    gen = model.student.ssd_head.anchor_generator
+    priors = gen([paddle.zeros([1, 1, h, w]) for h, w in sizes], paddle.zeros([1, 3, 300, 300]))
+    masks = loss.level_masks(batch, sizes)
+    assert float(masks[1].sum()) > 0
+    for level in (0, 1, 5):
+        h, w = sizes[level]
+        for n in range(2):
+            boxes = batch['gt_bbox'][n].numpy() * 300  # the reader's (x1, y1, x2, y2) in [0, 1], zero-padded
+            boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+            np.testing.assert_array_equal(masks[level][n].numpy(),
+                                          _np_mask(priors[level].numpy() * 300, boxes, h, w, 0.5))
+    out['loss'].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())

@@ -121,6 +121,39 @@ def test_teacher_with_other_priors_is_refused_with_the_remedies(tiny_voc, ssd_te
         build_distiller(_cfg('distill_ssd.yml', tiny_voc, 'input_size=320'), vgg, path)
 
 
+def test_vgg16_teacher_with_the_student_layout(tiny_voc, tmp_path):
+    """The remedy: a VGG16-SSD's weights load into VGGFromFC7 under the
+    student's head; its priors and grids are the student's, so SSDDistill
+    runs. Plain VGG under the same head has the student's prior settings
+    but conv4_3's finer grid: refused at the first step, saying so."""
+    vgg = build_model(_cfg('teacher_ssd_vgg16.yml', tiny_voc, 'input_size=300'))
+    vgg_path = str(tmp_path / 'vgg.pdparams')
+    paddle.save(vgg.state_dict(), vgg_path)
+    teacher_cfg = _cfg('teacher_ssd_vgg16_student_layout.yml', tiny_voc, 'input_size=300',
+                       f'pretrain_weights={vgg_path}')
+    teacher = build_model(teacher_cfg)
+    for key in ('conv_block_0.conv0.weight', 'conv_block_4.conv2.weight', 'fc6.weight', 'fc7.weight'):
+        np.testing.assert_array_equal(teacher.backbone.state_dict()[key].numpy(), vgg.backbone.state_dict()[key].numpy())
+    teacher_path = str(tmp_path / 'teacher.pdparams')
+    paddle.save(teacher.state_dict(), teacher_path)
+    for config in ('distill_ssd.yml', 'distill_ssd_confidence.yml'):
+        student_cfg = _cfg(config, tiny_voc, 'input_size=300', 'TrainReader.batch_size=1')
+        model = build_distiller(student_cfg, teacher_cfg, teacher_path)
+        model.train()
+        out = model(next(epoch_batches(build_reader(student_cfg, 'Train'))))
+        assert np.isfinite(float(out['distill_ssd_soft'])) and ('distill_ssd_bounded' in out) == (config == 'distill_ssd.yml')
+    student_cfg = _cfg('distill_ssd.yml', tiny_voc, 'input_size=300', 'TrainReader.batch_size=1')
+    plain_cfg = _cfg('teacher_ssd_vgg16_student_layout.yml', tiny_voc, 'input_size=300', 'SSD.backbone=VGG',
+                     'pretrain_weights=')
+    plain_path = str(tmp_path / 'plain.pdparams')
+    paddle.save(build_model(plain_cfg).state_dict(), plain_path)
+    model = build_distiller(student_cfg, plain_cfg, plain_path)
+    model.train()
+    with pytest.raises(PPKDError, match=r"teacher's levels have \[\[38, 38\], \[19, 19\].* cells on this "
+                                        r"300-pixel input, the student's \[\[19, 19\], \[10, 10\]"):
+        model(next(epoch_batches(build_reader(student_cfg, 'Train'))))
+
+
 def test_distill_cli_ssd_end_to_end(tiny_voc, ssd_teacher, tmp_path):
     code = run_script('slim/distillation/distill.py', [
         '-c', os.path.join(SSD_CFG, 'distill_ssd.yml'), '-t', os.path.join(SSD_CFG, 'teacher_ssd_mobilenet_v1.yml'),

@@ -69,14 +69,14 @@ def _grid(feat_h, feat_w, stride, offset):
     return paddle.stack([xs, ys], axis=-1).reshape([-1, 1, 2])
 
 
-# Per architecture, (model) → (anchor strides, anchors(stride, H, W) → [H·W·K, 4]
-# in the input's pixels, ordered as the mask reshapes them); plain numbers
-# are kept, not the model.
+# Per architecture, (model) → (anchor strides or None, anchors(level, stride,
+# image (H, W), H, W) → [H·W·K, 4] in the input's pixels, ordered as the mask
+# reshapes them); plain numbers are kept, not the model.
 def _yolov3_anchor_grid(model):
     strides = [int(s) for s in model.yolo_head.loss.downsample]
     shapes = {s: [[float(v) for v in a] for a in model.yolo_head.anchors[i]] for i, s in enumerate(strides)}
 
-    def anchors(stride, feat_h, feat_w):
+    def anchors(level, stride, image_hw, feat_h, feat_w):
         half = paddle.to_tensor(shapes[stride], dtype='float32').unsqueeze(0) / 2
         centres = _grid(feat_h, feat_w, stride, 0.5)  # YOLOv3 anchors sit at cell centres
         return paddle.concat([centres - half, centres + half], axis=-1).reshape([-1, 4])
@@ -88,11 +88,24 @@ def _rpn_anchor_grid(model):
     strides = [int(s) for s in gen.strides]
     cells = {s: gen.cell_anchors[i].numpy().tolist() for i, s in enumerate(strides)}
 
-    def anchors(stride, feat_h, feat_w):
+    def anchors(level, stride, image_hw, feat_h, feat_w):
         # ppdet's RPN anchors: its cell anchors shifted to (offset + column, offset + row) · stride
         shifts = paddle.tile(_grid(feat_h, feat_w, stride, gen.offset), [1, 1, 2])
         return (shifts + paddle.to_tensor(cells[stride], dtype='float32').unsqueeze(0)).reshape([-1, 4])
     return strides, anchors
+
+
+def _ssd_anchor_grid(model):
+    """SSD's priors: per level, not per stride (at small inputs several
+    levels are 1×1); its generator gives them in [0, 1] of the image."""
+    gen, levels = model.ssd_head.anchor_generator, len(model.ssd_head.box_convs)
+
+    def anchors(level, stride, image_hw, feat_h, feat_w):
+        image_h, image_w = image_hw
+        maps = [paddle.zeros([1, 1, feat_h, feat_w])] * levels  # only their sizes are read
+        priors = gen(maps, paddle.zeros([1, 1, image_h, image_w]))[level]
+        return priors * paddle.to_tensor([image_w, image_h, image_w, image_h], dtype='float32')
+    return None, anchors
 
 
 def _yolov3_boxes(inputs):
@@ -115,6 +128,14 @@ def _pixel_boxes(inputs):
     return boxes, valid
 
 
+def _ssd_boxes(inputs):
+    """SSD readers normalise boxes to (x1, y1, x2, y2) in [0, 1], padded with zeros."""
+    boxes = inputs['gt_bbox'].astype('float32')
+    height, width = inputs['image'].shape[2:]
+    valid = paddle.logical_and(boxes[..., 2] > boxes[..., 0], boxes[..., 3] > boxes[..., 1])
+    return boxes * paddle.to_tensor([width, height, width, height], dtype='float32'), valid
+
+
 # Per architecture: (the default imitated layers, the anchor grid, the
 # batch's boxes in pixels with a validity mask).
 ANCHOR_LAYOUTS = {
@@ -123,17 +144,19 @@ ANCHOR_LAYOUTS = {
     'FasterRCNN': (lambda m: [f'neck[{i}]' for i in range(len(m.rpn_head.anchor_generator.strides))]
                    if m.neck is not None else ['backbone[-1]'],
                    _rpn_anchor_grid, _pixel_boxes),
+    'SSD': (lambda m: [f'backbone[{i}]' for i in range(len(m.ssd_head.box_convs))], _ssd_anchor_grid, _ssd_boxes),
 }
 
 
 @register
 class FineGrainedImitation(DistillLoss):
     """L = λ · Σ over imitated levels of `fgfi_imitation_loss(adapt(s), t,
-    mask)`, the mask from the student's anchors of that level and the
-    batch's ground-truth boxes (ψ = `psi`). weight = λ (0.01).
+    mask)`, the mask from the student's anchors (YOLOv3, the RPN of Faster
+    R-CNN, SSD's priors) of that level and the batch's ground-truth boxes
+    (ψ = `psi`). weight = λ (0.01).
 
     `student_layers`/`teacher_layers`: one per level, paired in order
-    (default: every level of the student's neck that feeds its anchors, and
+    (default: every level of the student's neck (SSD: backbone) that feeds its anchors, and
     the teacher's same-named levels). `adapter_kernel`: the adapter's kernel
     (3, or 1). A teacher map of another size is resized to the student's.
     `mask: full` imitates the whole map (the naive hint, for comparison)."""
@@ -179,7 +202,10 @@ class FineGrainedImitation(DistillLoss):
                                       for s, t in zip(*channels)])
 
     def _stride(self, image_h, feat_h, name):
-        """The student's anchor stride nearest image height / map height."""
+        """The student's anchor stride nearest image height / map height
+        (None for a layout placed per level, not per stride)."""
+        if self.strides is None:
+            return None
         ratio = image_h / feat_h
         stride = min(self.strides, key=lambda s: abs(s - ratio))
         if abs(stride - ratio) > 0.25 * stride:
@@ -193,13 +219,15 @@ class FineGrainedImitation(DistillLoss):
         if self.mask == 'full':
             return [paddle.ones([inputs['image'].shape[0], h, w], dtype='float32') for h, w in sizes]
         boxes, valid = self._boxes(inputs)
-        return self.masks_for_boxes(boxes, valid, inputs['image'].shape[2], sizes)
+        return self.masks_for_boxes(boxes, valid, inputs['image'].shape[2], sizes, inputs['image'].shape[3])
 
-    def masks_for_boxes(self, boxes, valid, image_h, sizes):
-        """`level_masks` for pixel boxes [N, G, 4] (x1, y1, x2, y2) with `valid` [N, G]."""
+    def masks_for_boxes(self, boxes, valid, image_h, sizes, image_w=None):
+        """`level_masks` for pixel boxes [N, G, 4] (x1, y1, x2, y2) with `valid`
+        [N, G] on an image_h × image_w input (square if no width)."""
+        image_hw = (image_h, image_w or image_h)
         masks = []  # a loop, not a comprehension: Paddle's bytecode translator (to_static) loses `self` in one
-        for name, (h, w) in zip(self.student_layers, sizes):
-            anchors = self._anchors(self._stride(image_h, h, name), h, w)
+        for level, (name, (h, w)) in enumerate(zip(self.student_layers, sizes)):
+            anchors = self._anchors(level, self._stride(image_h, h, name), image_hw, h, w)
             masks.append(imitation_masks(anchors, boxes, valid, h, w, self.psi))
         return masks
 

@@ -54,8 +54,11 @@ def check_same_priors(student, teacher):
             'SSD distillation compares teacher and student prior by prior, and their priors differ: '
             f'{levels_t} levels with {t_num} priors a location (teacher) vs {levels_s} with {s_num} (student)'
             f'{"; " + differ if differ else ""}. Remedies: train a teacher with the student\'s head layout '
-            '(the teacher backbone under the student\'s SSDHead settings, fine-tuned from the teacher), or '
-            'distill features instead (FineGrainedImitation needs no common priors)')
+            '(the teacher backbone under the student\'s SSDHead settings, fine-tuned from the teacher; '
+            'configs/bccd/ssd/teacher_ssd_vgg16_student_layout.yml does it for a VGG16-SSD teacher), then '
+            'distill every term or the confidence head only (configs/bccd/ssd/distill_ssd_confidence.yml); or '
+            'imitate features instead (configs/bccd/ssd/distill_fgfi_ssd.yml: its masks need the student\'s '
+            'priors only)')
 
 
 @register
@@ -93,6 +96,11 @@ class SSDDistill(DistillLoss):
     def forward(self, student, teacher, inputs):
         s_maps, t_maps = self.gather(student, teacher)
         n = self.num_levels
+        s_grid, t_grid = [list(m.shape[2:]) for m in s_maps[:n]], [list(m.shape[2:]) for m in t_maps[:n]]
+        if s_grid != t_grid:  # same prior settings, other strides: the priors sit on other cells
+            raise PPKDError(f'SSDDistill: the teacher\'s levels have {t_grid} cells on this {inputs["image"].shape[2]}'
+                            f'-pixel input, the student\'s {s_grid}; prior-by-prior distillation needs the same '
+                            'grid (another input size, or a teacher backbone with the student\'s strides)')
         s_boxes, s_scores = per_location(s_maps[:n], 4), per_location(s_maps[n:2 * n], self.num_classes)
         t_boxes, t_scores = per_location(t_maps[:n], 4), per_location(t_maps[n:], self.num_classes)
         targets_bbox, targets_label = s_maps[2 * n]
