@@ -231,6 +231,29 @@ def test_show_imitation_mask_writes_a_png(tiny_voc, tmp_path, capsys):
     assert 'error: file not found' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('family', ['faster_rcnn', 'ssd'])
+def test_distill_cli_with_imitation_on_the_other_families(tiny_voc, frcnn_teacher, tmp_path, family):
+    """End to end through distill.py: Faster R-CNN (R18-FPN student, R50-FPN
+    teacher) and SSD (MobileNetV1 student and teacher at 96 px)."""
+    from ppkd.builder import build_model
+    if family == 'faster_rcnn':
+        student, teacher = (os.path.join(CONFIGS, 'bccd', name) for name in
+                            ('distill_fgfi_faster_rcnn.yml', 'teacher_faster_rcnn_r50_fpn.yml'))
+        extra, weights = FRCNN_TINY, frcnn_teacher
+    else:
+        student, teacher = (os.path.join(CONFIGS, 'bccd', 'ssd', name) for name in
+                            ('distill_fgfi_ssd.yml', 'teacher_ssd_mobilenet_v1.yml'))
+        extra, weights = ['num_classes=4', 'input_size=96'], str(tmp_path / 'ssd_teacher.pdparams')
+        paddle.save(build_model(cfgmod.load_config(teacher, tiny_opts(tiny_voc, *extra))).state_dict(), weights)
+    out = tmp_path / 'run'
+    assert run_script('slim/distillation/distill.py', [
+        '-c', student, '-t', teacher, '--teacher_pretrained', weights, '--eval', '--output_dir', str(out),
+        '--teacher_opt', *extra, f'dataset_dir={tiny_voc}', '-o', *tiny_opts(tiny_voc, *extra)]) == 0
+    with open(out / 'metrics.jsonl') as f:
+        text = f.read()
+    assert '"distill_imitation"' in text and '"mAP"' in text
+
+
 def test_ssd_masks_on_the_students_priors_with_a_teacher_of_other_priors(tiny_voc, tmp_path):
     """SSD-MobileNetV1 student, VGG16-SSD teacher (8732 priors, which
     SSDDistill refuses): the masks need the student's priors only; each
