@@ -6,7 +6,8 @@ Faster R-CNN (ResNet50-FPN teacher, ResNet18-FPN student).
     .venv/bin/python bench/bccd_fgfi.py --family yolov3 [--seeds 0 1 2]
     .venv/bin/python bench/bccd_fgfi.py --family faster_rcnn [--seeds 0 1 2]
 
-Writes bench/results/bccd_fgfi_<family>.{md,json,png}. The teacher and the
+Two student runs at a time (--workers), one CPU thread each. Writes
+bench/results/bccd_fgfi_<family>.{md,json,png}. The teacher and the
 no-teacher runs live in the same work folders as bccd_yolov3.py's and
 bccd_faster_rcnn.py's (same settings), so each bench reuses the other's.
 """
