@@ -286,3 +286,30 @@ def test_ssd_masks_on_the_students_priors_with_a_teacher_of_other_priors(tiny_vo
                                           _np_mask(priors[level].numpy() * 300, boxes, h, w, 0.5))
     out['loss'].backward()
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_ssd_imitated_layers_are_named_head_inputs(tiny_voc, tmp_path):
+    """One level picked by name gets that level's priors; a layer that is
+    not a head input is refused with one line."""
+    from ppkd.builder import build_model
+    ssd = os.path.join(CONFIGS, 'bccd', 'ssd')
+    opts = tiny_opts(tiny_voc, 'num_classes=4', 'input_size=96')
+    teacher = cfgmod.load_config(os.path.join(ssd, 'teacher_ssd_mobilenet_v1.yml'), opts)
+    path = str(tmp_path / 'teacher.pdparams')
+    paddle.save(build_model(teacher).state_dict(), path)
+    student = cfgmod.load_config(os.path.join(ssd, 'distill_fgfi_ssd.yml'),
+                                 [*opts, "FineGrainedImitation.student_layers=['backbone[1]']"])
+    model = build_distiller(student, teacher, path)
+    loss = model.distill_losses[0]
+    batch = next(epoch_batches(build_reader(student, 'Train')))
+    sizes = [(6, 6), (3, 3), (2, 2), (1, 1), (1, 1), (1, 1)]  # SSD-MobileNetV1's levels at 96 px
+    priors = model.student.ssd_head.anchor_generator([paddle.zeros([1, 1, h, w]) for h, w in sizes],
+                                                     paddle.zeros([1, 3, 96, 96]))[1].numpy() * 96
+    mask = loss.level_masks(batch, [sizes[1]])[0]
+    for n in range(batch['image'].shape[0]):
+        boxes = batch['gt_bbox'][n].numpy() * 96
+        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+        np.testing.assert_array_equal(mask[n].numpy(), _np_mask(priors, boxes, 3, 3, 0.5))
+    loss.student_layers = ['backbone']
+    with pytest.raises(PPKDError, match=r"head's inputs, backbone\[0\] … backbone\[5\].*got 'backbone'"):
+        loss.level_masks(batch, [sizes[1]])

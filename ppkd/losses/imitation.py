@@ -3,6 +3,8 @@ the teacher's features only near objects, where the anchors that match a
 ground-truth box well sit. The mask depends on anchors and boxes alone, so
 teacher and student may have different backbones; a trainable adapter per
 level maps the student's channels to the teacher's."""
+import re
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -69,14 +71,14 @@ def _grid(feat_h, feat_w, stride, offset):
     return paddle.stack([xs, ys], axis=-1).reshape([-1, 1, 2])
 
 
-# Per architecture, (model) → (anchor strides or None, anchors(level, stride,
-# image (H, W), H, W) → [H·W·K, 4] in the input's pixels, ordered as the mask
-# reshapes them); plain numbers are kept, not the model.
+# Per architecture, (model) → (anchor strides or None, anchors(layer name,
+# stride, image (H, W), H, W) → [H·W·K, 4] in the input's pixels, ordered as
+# the mask reshapes them); plain numbers are kept, not the model.
 def _yolov3_anchor_grid(model):
     strides = [int(s) for s in model.yolo_head.loss.downsample]
     shapes = {s: [[float(v) for v in a] for a in model.yolo_head.anchors[i]] for i, s in enumerate(strides)}
 
-    def anchors(level, stride, image_hw, feat_h, feat_w):
+    def anchors(name, stride, image_hw, feat_h, feat_w):
         half = paddle.to_tensor(shapes[stride], dtype='float32').unsqueeze(0) / 2
         centres = _grid(feat_h, feat_w, stride, 0.5)  # YOLOv3 anchors sit at cell centres
         return paddle.concat([centres - half, centres + half], axis=-1).reshape([-1, 4])
@@ -88,22 +90,32 @@ def _rpn_anchor_grid(model):
     strides = [int(s) for s in gen.strides]
     cells = {s: gen.cell_anchors[i].numpy().tolist() for i, s in enumerate(strides)}
 
-    def anchors(level, stride, image_hw, feat_h, feat_w):
+    def anchors(name, stride, image_hw, feat_h, feat_w):
         # ppdet's RPN anchors: its cell anchors shifted to (offset + column, offset + row) · stride
         shifts = paddle.tile(_grid(feat_h, feat_w, stride, gen.offset), [1, 1, 2])
         return (shifts + paddle.to_tensor(cells[stride], dtype='float32').unsqueeze(0)).reshape([-1, 4])
     return strides, anchors
 
 
+def _ssd_level(name, levels):
+    """The SSD head input a layer name is: `backbone[k]` → level k."""
+    match = re.fullmatch(r'backbone\[(-?\d+)\]', name)
+    if match is None or not -levels <= int(match.group(1)) < levels:
+        raise PPKDError(f'FineGrainedImitation: an SSD student\'s imitated layers are its head\'s inputs, '
+                        f'backbone[0] … backbone[{levels - 1}] (their priors make the mask); got {name!r}')
+    return int(match.group(1)) % levels
+
+
 def _ssd_anchor_grid(model):
-    """SSD's priors: per level, not per stride (at small inputs several
-    levels are 1×1); its generator gives them in [0, 1] of the image."""
+    """SSD's priors: per level, named by the layer (not found from the
+    stride: at small inputs several levels are 1×1); its generator gives
+    them in [0, 1] of the image."""
     gen, levels = model.ssd_head.anchor_generator, len(model.ssd_head.box_convs)
 
-    def anchors(level, stride, image_hw, feat_h, feat_w):
+    def anchors(name, stride, image_hw, feat_h, feat_w):
         image_h, image_w = image_hw
         maps = [paddle.zeros([1, 1, feat_h, feat_w])] * levels  # only their sizes are read
-        priors = gen(maps, paddle.zeros([1, 1, image_h, image_w]))[level]
+        priors = gen(maps, paddle.zeros([1, 1, image_h, image_w]))[_ssd_level(name, levels)]
         return priors * paddle.to_tensor([image_w, image_h, image_w, image_h], dtype='float32')
     return None, anchors
 
@@ -226,8 +238,8 @@ class FineGrainedImitation(DistillLoss):
         [N, G] on an image_h × image_w input (square if no width)."""
         image_hw = (image_h, image_w or image_h)
         masks = []  # a loop, not a comprehension: Paddle's bytecode translator (to_static) loses `self` in one
-        for level, (name, (h, w)) in enumerate(zip(self.student_layers, sizes)):
-            anchors = self._anchors(level, self._stride(image_h, h, name), image_hw, h, w)
+        for name, (h, w) in zip(self.student_layers, sizes):
+            anchors = self._anchors(name, self._stride(image_h, h, name), image_hw, h, w)
             masks.append(imitation_masks(anchors, boxes, valid, h, w, self.psi))
         return masks
 
