@@ -90,14 +90,39 @@ def train_teacher(cfg, out, opts):
     final evaluation record and training seconds."""
     weights = os.path.join(out, 'model_final.pdparams')
     if not os.path.isfile(weights):
-        print('training the teacher', flush=True)
-        seconds, error = run(['tools/train.py', '-c', cfg, '--eval', '--output_dir', out, '-o', *opts], out + '.log')
+        cmd = ['tools/train.py', '-c', cfg, '--eval', '--output_dir', out, '-o', *opts]
+        snapshot, earlier = _cut_short(out)
+        if snapshot:  # a run cut short (e.g. by a session's end) goes on from its last snapshot
+            print(f'training the teacher on from {snapshot}', flush=True)
+            cmd[1:1] = ['-r', snapshot]
+        else:
+            print('training the teacher', flush=True)
+        seconds, error = run(cmd, out + '.log')
         if error:
             sys.exit(f'error: the teacher did not train: {error}')
-        atomic_write_text(os.path.join(out, 'train_seconds'), f'{seconds:.0f}\n')
+        atomic_write_text(os.path.join(out, 'train_seconds'), f'{seconds + earlier:.0f}\n')
     evals, _ = read_metrics(out)
     with open(os.path.join(out, 'train_seconds')) as f:
         return evals[-1], float(f.read())
+
+
+def _cut_short(out):
+    """The last snapshot (`<epoch>.pdparams` + `.pdstate`) a teacher run
+    left without finishing, and the seconds its log spans (kept as
+    `<log>.part<k>`); (None, 0) when there is none."""
+    epochs = sorted(int(f[:-len('.pdstate')]) for f in (os.listdir(out) if os.path.isdir(out) else [])
+                    if f.endswith('.pdstate') and f[:-len('.pdstate')].isdigit())
+    if not epochs or not os.path.isfile(out + '.log'):
+        return None, 0.
+    parts = 1 + sum(1 for f in os.listdir(os.path.dirname(out)) if f.startswith(os.path.basename(out) + '.log.part'))
+    os.replace(out + '.log', f'{out}.log.part{parts}')
+    seconds = 0.
+    for k in range(1, parts + 1):
+        with open(f'{out}.log.part{k}') as f:
+            stamps = [time.mktime(time.strptime(line[1:20], '%Y-%m-%d %H:%M:%S')) for line in f
+                      if line.startswith('[20') and line[20:21] == ',']
+        seconds += stamps[-1] - stamps[0] if len(stamps) > 1 else 0.
+    return os.path.join(out, str(epochs[-1])), seconds
 
 
 def run_student(method, seed, cmd, out, classes):
