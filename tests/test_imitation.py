@@ -144,6 +144,27 @@ def _batch_boxes_in_pixels(batch, n):
     return np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
 
 
+def _ssd_boxes_in_pixels(batch, n):
+    """The SSD reader's normalised (x1, y1, x2, y2) boxes of image n, zero rows dropped, in pixels, in NumPy."""
+    boxes = batch['gt_bbox'][n].numpy() * batch['image'].shape[2]
+    return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+
+def _random_weights(cfg, path):
+    """A model of `cfg` with its initial weights, saved to `path` (a teacher for distiller tests)."""
+    from ppkd.builder import build_model
+    paddle.save(build_model(cfg).state_dict(), path)
+    return path
+
+
+def _training_step(student, teacher, teacher_weights):
+    """The distiller, one training batch and the outputs of one step on it."""
+    model = build_distiller(student, teacher, teacher_weights)
+    model.train()
+    batch = next(epoch_batches(build_reader(student, 'Train')))
+    return model, batch, model(batch)
+
+
 def test_yolov3_masks_follow_the_batch_boxes_and_the_students_anchors(tiny_voc, tiny_teacher):
     """Different backbones (ResNet-18 teacher, MobileNetV1 student): one
     adapter per neck level, each mask the NumPy mask of the batch's boxes
@@ -183,12 +204,9 @@ def test_faster_rcnn_masks_on_rpn_anchors_with_different_backbones(tiny_voc, frc
                                  tiny_opts(tiny_voc, *FRCNN_TINY))
     teacher = cfgmod.load_config(os.path.join(CONFIGS, 'bccd', 'teacher_faster_rcnn_r50_fpn.yml'),
                                  tiny_opts(tiny_voc, *FRCNN_TINY))
-    model = build_distiller(student, teacher, frcnn_teacher)
+    model, batch, out = _training_step(student, teacher, frcnn_teacher)
     loss = model.distill_losses[0]
     assert loss.student_layers == [f'neck[{i}]' for i in range(5)]
-    model.train()
-    batch = next(epoch_batches(build_reader(student, 'Train')))
-    out = model(batch)
     assert np.isfinite(float(out['distill_imitation']))
     # The stride-8 level's mask is the NumPy mask of ppdet's own RPN anchors there.
     size = batch['image'].shape[2]
@@ -235,7 +253,6 @@ def test_show_imitation_mask_writes_a_png(tiny_voc, tmp_path, capsys):
 def test_distill_cli_with_imitation_on_the_other_families(tiny_voc, frcnn_teacher, tmp_path, family):
     """End to end through distill.py: Faster R-CNN (R18-FPN student, R50-FPN
     teacher) and SSD (MobileNetV1 student and teacher at 96 px)."""
-    from ppkd.builder import build_model
     if family == 'faster_rcnn':
         student, teacher = (os.path.join(CONFIGS, 'bccd', name) for name in
                             ('distill_fgfi_faster_rcnn.yml', 'teacher_faster_rcnn_r50_fpn.yml'))
@@ -243,8 +260,9 @@ def test_distill_cli_with_imitation_on_the_other_families(tiny_voc, frcnn_teache
     else:
         student, teacher = (os.path.join(CONFIGS, 'bccd', 'ssd', name) for name in
                             ('distill_fgfi_ssd.yml', 'teacher_ssd_mobilenet_v1.yml'))
-        extra, weights = ['num_classes=4', 'input_size=96'], str(tmp_path / 'ssd_teacher.pdparams')
-        paddle.save(build_model(cfgmod.load_config(teacher, tiny_opts(tiny_voc, *extra))).state_dict(), weights)
+        extra = ['num_classes=4', 'input_size=96']
+        weights = _random_weights(cfgmod.load_config(teacher, tiny_opts(tiny_voc, *extra)),
+                                  str(tmp_path / 'ssd_teacher.pdparams'))
     out = tmp_path / 'run'
     assert run_script('slim/distillation/distill.py', [
         '-c', student, '-t', teacher, '--teacher_pretrained', weights, '--eval', '--output_dir', str(out),
@@ -258,19 +276,13 @@ def test_ssd_masks_on_the_students_priors_with_a_teacher_of_other_priors(tiny_vo
     """SSD-MobileNetV1 student, VGG16-SSD teacher (8732 priors, which
     SSDDistill refuses): the masks need the student's priors only; each
     level's mask is the NumPy mask of ppdet's own priors there."""
-    from ppkd.builder import build_model
     ssd = os.path.join(CONFIGS, 'bccd', 'ssd')
     opts = tiny_opts(tiny_voc, 'num_classes=4', 'input_size=300', 'TrainReader.batch_size=2')
     student = cfgmod.load_config(os.path.join(ssd, 'distill_fgfi_ssd.yml'), opts)
     teacher = cfgmod.load_config(os.path.join(ssd, 'teacher_ssd_vgg16.yml'), opts)
-    path = str(tmp_path / 'vgg.pdparams')
-    paddle.save(build_model(teacher).state_dict(), path)
-    model = build_distiller(student, teacher, path)
+    model, batch, out = _training_step(student, teacher, _random_weights(teacher, str(tmp_path / 'vgg.pdparams')))
     loss = model.distill_losses[0]
     assert loss.student_layers == [f'backbone[{i}]' for i in range(6)]
-    model.train()
-    batch = next(epoch_batches(build_reader(student, 'Train')))
-    out = model(batch)
     assert np.isfinite(float(out['distill_imitation'])) and float(out['distill_imitation']) > 0
     sizes = [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
     gen = model.student.ssd_head.anchor_generator
@@ -280,10 +292,8 @@ def test_ssd_masks_on_the_students_priors_with_a_teacher_of_other_priors(tiny_vo
     for level in (0, 1, 5):
         h, w = sizes[level]
         for n in range(2):
-            boxes = batch['gt_bbox'][n].numpy() * 300  # the reader's (x1, y1, x2, y2) in [0, 1], zero-padded
-            boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-            np.testing.assert_array_equal(masks[level][n].numpy(),
-                                          _np_mask(priors[level].numpy() * 300, boxes, h, w, 0.5))
+            np.testing.assert_array_equal(masks[level][n].numpy(), _np_mask(
+                priors[level].numpy() * 300, _ssd_boxes_in_pixels(batch, n), h, w, 0.5))
     out['loss'].backward()
     assert all(p.grad is None for p in model.teacher.parameters())
 
@@ -291,12 +301,10 @@ def test_ssd_masks_on_the_students_priors_with_a_teacher_of_other_priors(tiny_vo
 def test_ssd_imitated_layers_are_named_head_inputs(tiny_voc, tmp_path):
     """One level picked by name gets that level's priors; a layer that is
     not a head input is refused with one line."""
-    from ppkd.builder import build_model
     ssd = os.path.join(CONFIGS, 'bccd', 'ssd')
     opts = tiny_opts(tiny_voc, 'num_classes=4', 'input_size=96')
     teacher = cfgmod.load_config(os.path.join(ssd, 'teacher_ssd_mobilenet_v1.yml'), opts)
-    path = str(tmp_path / 'teacher.pdparams')
-    paddle.save(build_model(teacher).state_dict(), path)
+    path = _random_weights(teacher, str(tmp_path / 'teacher.pdparams'))
     student = cfgmod.load_config(os.path.join(ssd, 'distill_fgfi_ssd.yml'),
                                  [*opts, "FineGrainedImitation.student_layers=['backbone[1]']"])
     model = build_distiller(student, teacher, path)
@@ -307,9 +315,7 @@ def test_ssd_imitated_layers_are_named_head_inputs(tiny_voc, tmp_path):
                                                      paddle.zeros([1, 3, 96, 96]))[1].numpy() * 96
     mask = loss.level_masks(batch, [sizes[1]])[0]
     for n in range(batch['image'].shape[0]):
-        boxes = batch['gt_bbox'][n].numpy() * 96
-        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-        np.testing.assert_array_equal(mask[n].numpy(), _np_mask(priors, boxes, 3, 3, 0.5))
+        np.testing.assert_array_equal(mask[n].numpy(), _np_mask(priors, _ssd_boxes_in_pixels(batch, n), 3, 3, 0.5))
     loss.student_layers = ['backbone']
     with pytest.raises(PPKDError, match=r"head's inputs, backbone\[0\] … backbone\[5\].*got 'backbone'"):
         loss.level_masks(batch, [sizes[1]])
