@@ -5,6 +5,7 @@
 #   make bench-step-time    distillation step time vs the student and ppdet's DistillModel
 #   make bench-bccd         the BCCD comparisons (YOLOv3, then the Faster R-CNN ablation; hours on CPU)
 #   make bench-fgfi         BCCD: FGFI vs the whole-map hint vs no teacher, YOLOv3 then Faster R-CNN, 3 seeds (hours on CPU)
+#   make bench-ssd          BCCD: SSD-MobileNetV1 student, no teacher / soft KL / soft KL + bounded, 3 seeds (hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 #   make bench-throughput   images/s of the real training loops (student, ppkd, ppdet DistillModel) per thread setting
 #   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
@@ -17,7 +18,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-gain bench-throughput bench-camvid bench-camvid-unlabeled clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-ssd bench-gain bench-throughput bench-camvid bench-camvid-unlabeled clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -45,6 +46,9 @@ bench-bccd: install
 bench-fgfi: install
 	$(PY) bench/bccd_fgfi.py --family yolov3
 	$(PY) bench/bccd_fgfi.py --family faster_rcnn
+
+bench-ssd: install
+	$(PY) bench/bccd_ssd.py
 
 bench-gain: install
 	$(PY) bench/demo_seeds.py

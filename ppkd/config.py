@@ -157,6 +157,36 @@ def _apply_input_size(cfg):
                     op['BatchRandomResize']['target_size'] = [size]
         if 'image_shape' in (spec.get('inputs_def') or {}):
             spec['inputs_def']['image_shape'] = [3, size, size]
+    if cfg.get('architecture') == 'SSD':
+        _scale_ssd_priors(cfg, size)
+
+
+def _scale_by(value, factor):
+    if isinstance(value, (list, tuple)):
+        return [_scale_by(v, factor) for v in value]
+    return value * factor
+
+
+def _scale_ssd_priors(cfg, size):
+    """SSD's prior sizes are pixels of a `base_size` image (SSD300: 20 % to
+    90 % of 300 px); at another input size they keep those fractions of the
+    image, or small inputs get priors larger than every object. Fixed steps
+    (SSD300-VGG16's 8 ... 300) are that image's grid: 0 lets each level's
+    step follow its own grid (image size / cells)."""
+    head = cfg.get(cfg.get('SSD', {}).get('ssd_head', 'SSDHead')) or {}
+    priors = head.get('anchor_generator')
+    if not isinstance(priors, dict):
+        return
+    base = priors.get('base_size', 300)
+    if base == size:
+        return
+    factor = size / base
+    for key in ('min_sizes', 'max_sizes'):
+        if key in priors:
+            priors[key] = _scale_by(priors[key], factor)
+    if 'steps' in priors:
+        priors['steps'] = [0.] * len(priors['steps'])
+    priors['base_size'] = size
 
 
 def _apply_dataset_dir(cfg, overrides):

@@ -111,6 +111,29 @@ def test_ssd_distill_terms_on_multibox_sample(tiny_voc, ssd_teacher):
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
+def _level_priors(model, size):
+    """Each level's priors (normalised x1, y1, x2, y2) on a `size` image."""
+    feats = model.backbone({'image': paddle.zeros([1, 3, size, size])})
+    return [p.numpy() for p in model.ssd_head.anchor_generator(feats, paddle.zeros([1, 3, size, size]))]
+
+
+# VGG16-SSD's last extra blocks are unpadded 3x3 convolutions: below ~270 px its last level has no cells.
+@pytest.mark.parametrize('config, size', [('student_ssd_mobilenet_v1.yml', 160), ('teacher_ssd_vgg16.yml', 272)])
+def test_priors_keep_their_share_of_the_image_at_any_input_size(tiny_voc, config, size):
+    """SSD300's prior sizes are pixels of a 300-pixel image: on a smaller
+    input the smallest prior stays 20 % (MobileNet) or 10 % (VGG16) of the
+    image, not 60 or 30 pixels, and every level's priors are centred on it
+    (VGG16's fixed steps 100 and 300 would shift its last levels)."""
+    smallest = []
+    for side in (300, size):
+        levels = _level_priors(build_model(_cfg(config, tiny_voc, f'input_size={side}')), side)
+        smallest.append(min((p[:, 2] - p[:, 0]).min() for p in levels))
+    np.testing.assert_allclose(smallest[1], smallest[0], rtol=1e-5)
+    for p in levels:
+        np.testing.assert_allclose(((p[:, 0] + p[:, 2]) / 2).mean(), 0.5, atol=1e-5)
+        np.testing.assert_allclose(((p[:, 1] + p[:, 3]) / 2).mean(), 0.5, atol=1e-5)
+
+
 def test_teacher_with_other_priors_is_refused_with_the_remedies(tiny_voc, ssd_teacher, tmp_path):
     vgg = _cfg('teacher_ssd_vgg16.yml', tiny_voc, 'input_size=320')
     path = str(tmp_path / 'vgg.pdparams')
