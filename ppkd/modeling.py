@@ -1,6 +1,8 @@
 """ppdet components ppkd adds, registered for configs like ppdet's own."""
 from ppdet.core.workspace import register, serializable
+from ppdet.modeling.backbones.mobilenet_v1 import MobileNet
 from ppdet.modeling.backbones.vgg import VGG
+from ppdet.modeling.shape_spec import ShapeSpec
 
 # fc7 (stride 16) then five 3×3 stride-2 blocks: 19, 10, 5, 3, 2, 1 cells at 300 px, SSD-MobileNetV1's grid.
 STUDENT_GRID_BLOCKS = [[256, 512, 1, 2, 3], [128, 256, 1, 2, 3], [128, 256, 1, 2, 3], [64, 128, 1, 2, 3],
@@ -27,3 +29,28 @@ class VGGFromFC7(VGG):
     @property
     def out_shape(self):
         return super().out_shape[1:]
+
+
+# The stride of each of MobileNetV1's depthwise-separable blocks' outputs (ppdet's `feature_maps` index).
+MOBILENET_BLOCK_STRIDES = {1: 2, 2: 4, 3: 4, 4: 8, 5: 8, **{i: 16 for i in range(6, 12)}, 12: 32, 13: 32}
+
+
+@register
+@serializable
+class MobileNetForFPN(MobileNet):
+    """ppdet's MobileNetV1 with the strides an FPN needs (ppdet's gives its
+    outputs' channels only); by default the last block of strides 4, 8,
+    16 and 32, a Faster R-CNN FPN backbone much lighter than ResNet18."""
+
+    def __init__(self, norm_type='bn', norm_decay=0., conv_decay=0., scale=1, conv_learning_rate=1.0,
+                 feature_maps=[3, 5, 11, 13]):
+        unknown = [i for i in feature_maps if i not in MOBILENET_BLOCK_STRIDES]
+        if unknown:
+            raise ValueError(f'MobileNetForFPN.feature_maps: no block {unknown}; blocks are 1-13')
+        super().__init__(norm_type=norm_type, norm_decay=norm_decay, conv_decay=conv_decay, scale=scale,
+                         conv_learning_rate=conv_learning_rate, feature_maps=feature_maps)
+
+    @property
+    def out_shape(self):
+        return [ShapeSpec(channels=c, stride=MOBILENET_BLOCK_STRIDES[i])
+                for c, i in zip(self._out_channels, self.feature_maps)]

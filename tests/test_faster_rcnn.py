@@ -51,6 +51,19 @@ def test_training_needs_the_fix(tiny_voc, fix, function):
     assert np.isfinite(float(model(batch)['loss']))
 
 
+def test_mobilenet_fpn_backbone_reports_its_strides(tiny_voc):
+    """MobileNetForFPN: the strides its out_shape gives FPN are the image's
+    size over each output's, and the student trains."""
+    cfg = _cfg('student_faster_rcnn_mobilenet_v1_fpn.yml', tiny_voc)
+    model, batch = build_model(cfg), _batch(cfg)
+    feats = model.backbone(batch)
+    size = batch['image'].shape[2]
+    assert [s.stride for s in model.backbone.out_shape] == [size // f.shape[2] for f in feats] == [4, 8, 16, 32]
+    assert [s.channels for s in model.backbone.out_shape] == [f.shape[1] for f in feats]
+    model.train()
+    assert np.isfinite(float(model(batch)['loss']))
+
+
 def test_prediction_needs_the_get_pred_fix(tiny_voc):
     cfg = _cfg('student_faster_rcnn_r18_fpn.yml', tiny_voc)
     model, batch = build_model(cfg), _batch(cfg, 'Eval')

@@ -251,7 +251,7 @@ def test_show_imitation_mask_writes_a_png(tiny_voc, tmp_path, capsys):
 
 @pytest.mark.parametrize('family', ['faster_rcnn', 'ssd'])
 def test_distill_cli_with_imitation_on_the_other_families(tiny_voc, frcnn_teacher, tmp_path, family):
-    """End to end through distill.py: Faster R-CNN (R18-FPN student, R50-FPN
+    """End to end through distill.py: Faster R-CNN (MobileNetV1-FPN student, R50-FPN
     teacher) and SSD (MobileNetV1 student and teacher at 96 px)."""
     if family == 'faster_rcnn':
         student, teacher = (os.path.join(CONFIGS, 'bccd', name) for name in
