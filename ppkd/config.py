@@ -8,6 +8,7 @@ its own dict and activates one at a time around `create` calls.
 import contextlib
 import difflib
 import inspect
+import logging
 import os
 
 import yaml
@@ -20,9 +21,11 @@ from ppkd import compat
 import ppkd.data.coco  # noqa: F401  registers CheckedCOCODataSet for YAML tags
 import ppkd.data.voc  # noqa: F401  registers CheckedVOCDataSet for YAML tags
 import ppkd.losses  # noqa: F401  registers the distillation losses
-import ppkd.modeling  # noqa: F401  registers ppkd's model components (VGGFromFC7)
+import ppkd.modeling  # noqa: F401  registers ppkd's model components (VGGFromFC7, MobileNetForFPN)
 from ppkd.errors import PPKDError
 from ppkd.tasks import is_segmentation_file
+
+logger = logging.getLogger('ppkd')
 
 DATASET_KEYS = ('TrainDataset', 'EvalDataset', 'TestDataset')
 # The `**kwargs` of these constructors that ppdet reads (DetDataset.set_kwargs).
@@ -240,6 +243,24 @@ def load_config(path, overrides=None):
     if 'architecture' not in cfg:
         raise PPKDError(f'{path}: no "architecture" key (is this a model config?)')
     return cfg
+
+
+def load_teacher_config(path, overrides, student_cfg):
+    """The teacher's config for distilling into `student_cfg`. The teacher
+    reads the student's batches, so it takes the student's `input_size`
+    (SSD's priors, hence its decoded boxes, follow it) unless `overrides`
+    set its own."""
+    overrides = parse_overrides(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    size = student_cfg.get('input_size')
+    if size and 'input_size' not in overrides and student_cfg.get('task') != 'segmentation':
+        try:
+            cfg = load_config(path, dict(overrides, input_size=size))
+        except PPKDError as e:  # e.g. a size the teacher's architecture cannot take: its own size stays
+            logger.info('teacher: keeps its own input_size (%s)', e)
+        else:
+            logger.info("teacher: input_size %d, the student's (it reads the student's batches)", size)
+            return cfg
+    return load_config(path, overrides)
 
 
 @contextlib.contextmanager

@@ -134,6 +134,21 @@ def test_priors_keep_their_share_of_the_image_at_any_input_size(tiny_voc, config
         np.testing.assert_allclose(((p[:, 1] + p[:, 3]) / 2).mean(), 0.5, atol=1e-5)
 
 
+def test_teacher_config_takes_the_students_input_size(tiny_voc):
+    """The teacher reads the student's batches: its config takes the
+    student's input_size (SSD's priors follow it) unless its own overrides
+    set one, or its architecture cannot take that size."""
+    student = _cfg('distill_ssd.yml', tiny_voc, 'input_size=160')
+    teacher_path = os.path.join(SSD_CFG, 'teacher_ssd_mobilenet_v1.yml')
+    teacher = cfgmod.load_teacher_config(teacher_path, ['num_classes=4'], student)
+    assert teacher['input_size'] == 160 and teacher['SSDHead']['anchor_generator']['min_sizes'][0] == 32
+    own = cfgmod.load_teacher_config(teacher_path, ['num_classes=4', 'input_size=300'], student)
+    assert own['input_size'] == 300 and own['SSDHead']['anchor_generator']['min_sizes'][0] == 60
+    yolo = cfgmod.load_teacher_config(os.path.join(CONFIGS, 'bccd', 'teacher_yolov3_r34.yml'), [],
+                                      _cfg('distill_ssd.yml', tiny_voc, 'input_size=100'))
+    assert yolo['input_size'] == 320  # YOLOv3 needs a multiple of 32
+
+
 def test_teacher_with_other_priors_is_refused_with_the_remedies(tiny_voc, ssd_teacher, tmp_path):
     vgg = _cfg('teacher_ssd_vgg16.yml', tiny_voc, 'input_size=320')
     path = str(tmp_path / 'vgg.pdparams')

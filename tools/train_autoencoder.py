@@ -29,7 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     setup_logging()
     student_cfg = cfgmod.load_config(args.config, args.opt)
-    teacher_cfg = cfgmod.load_config(args.teacher_config, args.teacher_opt)
+    teacher_cfg = cfgmod.load_teacher_config(args.teacher_config, args.teacher_opt, student_cfg)
     setup_run(student_cfg, args.seed)
     path = train_autoencoder(student_cfg, teacher_cfg, args.teacher_pretrained)
     print(f'auto-encoder saved to {os.path.abspath(path)}')
