@@ -32,21 +32,36 @@ def run(cmd, log):
     return seconds, None
 
 
+def _recorded_cmd(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_once(cmd, out):
     """`run`, unless `out` holds a finished run of the same command (its
-    seconds and outcome are kept in out/bench_run.json)."""
-    record = os.path.join(out, 'bench_run.json')
-    if os.path.isfile(record):
-        with open(record) as f:
-            done = json.load(f)
-        if done['cmd'] == cmd:
-            return done['seconds'], done['error']
-    if os.path.exists(out):
-        subprocess.call(['rm', '-rf', out])
-    seconds, error = run(cmd, out + '.log')
-    os.makedirs(out, exist_ok=True)
-    atomic_write_text(record, json.dumps({'cmd': cmd, 'seconds': seconds, 'error': error}))
-    return seconds, error
+    seconds and outcome are kept in out/bench_run.json). A run of the same
+    command cut short (a session's end) goes on from its last snapshot,
+    its earlier time counted from its log."""
+    record, started = os.path.join(out, 'bench_run.json'), os.path.join(out, 'bench_cmd.json')
+    done = _recorded_cmd(record)
+    if done and done['cmd'] == cmd:
+        return done['seconds'], done['error']
+    snapshot, earlier = _cut_short(out) if _recorded_cmd(started) == cmd and not done else (None, 0.)
+    if snapshot:
+        print(f'{os.path.basename(out)}: going on from {snapshot}', flush=True)
+        seconds, error = run([cmd[0], '-r', snapshot, *cmd[1:]], out + '.log')
+    else:
+        for old in [out] + [os.path.join(os.path.dirname(out), f) for f in os.listdir(os.path.dirname(out))
+                            if f.startswith(os.path.basename(out) + '.log.part')]:
+            if os.path.exists(old):
+                subprocess.call(['rm', '-rf', old])
+        os.makedirs(out)
+        atomic_write_text(started, json.dumps(cmd))
+        seconds, error = run(cmd, out + '.log')
+    atomic_write_text(record, json.dumps({'cmd': cmd, 'seconds': seconds + earlier, 'error': error}))
+    return seconds + earlier, error
 
 
 def read_metrics(out_dir):
@@ -107,8 +122,8 @@ def train_teacher(cfg, out, opts):
 
 
 def _cut_short(out):
-    """The last snapshot (`<epoch>.pdparams` + `.pdstate`) a teacher run
-    left without finishing, and the seconds its log spans (kept as
+    """The last snapshot (`<epoch>.pdparams` + `.pdstate`) a run left
+    without finishing, and the seconds its logs span (each kept as
     `<log>.part<k>`); (None, 0) when there is none."""
     epochs = sorted(int(f[:-len('.pdstate')]) for f in (os.listdir(out) if os.path.isdir(out) else [])
                     if f.endswith('.pdstate') and f[:-len('.pdstate')].isdigit())

@@ -46,3 +46,29 @@ def test_demo_runs_end_to_end_and_reports_the_gap(tmp_path):
     assert 'distill_reg_unlabeled' in open(tmp_path / 'out' / 'distilled.log').read()
     report = open(tmp_path / 'out' / 'report' / 'report.md').read()
     assert '| distilled |' in report and os.path.isfile(tmp_path / 'out' / 'report' / 'detections.png')
+
+
+def test_a_run_cut_short_goes_on_from_its_last_snapshot(tmp_path):
+    """bench/common.run_once: a run of the same command that stopped (the
+    session ended) goes on with `-r <last snapshot>`, its earlier time
+    counted from its log; a run of another command starts afresh."""
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    from common import run_once
+    script = tmp_path / 'fake_train.py'
+    script.write_text('import json, sys\njson.dump(sys.argv[1:], open(sys.argv[-1] + ".argv", "w"))\n')
+    out = tmp_path / 'run_seed0'
+    cmd = [str(script), '--seed', '0', str(out)]
+    out.mkdir()
+    (out / 'bench_cmd.json').write_text(json.dumps(cmd))
+    for epoch in (1, 3):
+        (out / f'{epoch}.pdstate').write_text('')
+    (tmp_path / 'run_seed0.log').write_text('[2026-11-25 10:00:00,000] start\n[2026-11-25 10:01:40,000] epoch 3\n')
+    seconds, error = run_once(cmd, str(out))
+    assert json.load(open(str(out) + '.argv')) == [cmd[0], '-r', str(out / '3'), *cmd[1:]][1:]
+    assert error is None and 100 <= seconds < 160
+    assert (tmp_path / 'run_seed0.log.part1').exists()
+    assert run_once(cmd, str(out)) == (seconds, None)  # finished: reused
+    other = [str(script), '--seed', '1', str(out)]
+    run_once(other, str(out))
+    assert json.load(open(str(out) + '.argv')) == other[1:]
+    assert not (tmp_path / 'run_seed0.log.part1').exists() and not (out / '3.pdstate').exists()
