@@ -16,12 +16,14 @@ from ppkd.utils import atomic_write_text  # noqa: E402
 BCCD = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'datasets', 'BCCD'))
 
 
-def run(cmd, log):
+def run(cmd, log, threads=None):
     """Seconds taken, and the `error:` line of a run that stopped (e.g. a
-    diverged loss), which is a result to report, not a reason to stop."""
+    diverged loss), which is a result to report, not a reason to stop.
+    `threads`: the run's OpenMP threads (default: the environment's)."""
     start = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     with open(log, 'w') as f:
-        code = subprocess.call([sys.executable] + cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        code = subprocess.call([sys.executable] + cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     seconds = time.time() - start
     if code:
         with open(log) as f:
@@ -39,7 +41,7 @@ def _recorded_cmd(path):
         return json.load(f)
 
 
-def run_once(cmd, out):
+def run_once(cmd, out, threads=None):
     """`run`, unless `out` holds a finished run of the same command (its
     seconds and outcome are kept in out/bench_run.json). A run of the same
     command cut short (a session's end) goes on from its last snapshot,
@@ -51,7 +53,7 @@ def run_once(cmd, out):
     snapshot, earlier = _cut_short(out) if _recorded_cmd(started) == cmd and not done else (None, 0.)
     if snapshot:
         print(f'{os.path.basename(out)}: going on from {snapshot}', flush=True)
-        seconds, error = run([cmd[0], '-r', snapshot, *cmd[1:]], out + '.log')
+        seconds, error = run([cmd[0], '-r', snapshot, *cmd[1:]], out + '.log', threads)
     else:
         for old in [out] + [os.path.join(os.path.dirname(out), f) for f in os.listdir(os.path.dirname(out))
                             if f.startswith(os.path.basename(out) + '.log.part')]:
@@ -59,7 +61,7 @@ def run_once(cmd, out):
                 subprocess.call(['rm', '-rf', old])
         os.makedirs(out)
         atomic_write_text(started, json.dumps(cmd))
-        seconds, error = run(cmd, out + '.log')
+        seconds, error = run(cmd, out + '.log', threads)
     atomic_write_text(record, json.dumps({'cmd': cmd, 'seconds': seconds + earlier, 'error': error}))
     return seconds + earlier, error
 
@@ -140,9 +142,9 @@ def _cut_short(out):
     return os.path.join(out, str(epochs[-1])), seconds
 
 
-def run_student(method, seed, cmd, out, classes):
+def run_student(method, seed, cmd, out, classes, threads=None):
     """One student run (reused if done) as a result record."""
-    seconds, error = run_once(cmd, out)
+    seconds, error = run_once(cmd, out, threads)
     evals, train = read_metrics(out)
     final = evals[-1] if evals and not error else {'mAP': 0., 'per_class': {c: 0. for c in classes}}
     result = {'method': method, 'seed': seed, 'mAP': final['mAP'], 'error': error, 'images': final.get('images'),
@@ -198,8 +200,8 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
     at a time), seed by seed so a cut-short run still compares every
     method; `methods` maps a name to (script, config, extra overrides).
     Results go to `args.out`.{md,json,png}, rewritten as each run ends."""
-    if args.workers > 1:  # each run on its share of the cores, the teacher too
-        os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    # Students side by side each take their share of the cores; the teacher, trained alone, all of them.
+    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None
     os.makedirs(args.work_dir, exist_ok=True)
     lists = os.path.join(args.work_dir, 'lists')
     split_voc(args.dataset, imagesets=('trainval', 'test'), out_dir=lists, seed=args.split_seed,
@@ -228,7 +230,7 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
             jobs.append((method, seed, cmd, run_dir))
     order = [(seed, method) for seed in args.seeds for method in args.methods]
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(run_student, *job, teacher_eval['per_class']) for job in jobs]
+        futures = [pool.submit(run_student, *job, teacher_eval['per_class'], threads) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
             results['runs'].append(future.result())
             results['runs'].sort(key=lambda r: order.index((r['seed'], r['method'])))

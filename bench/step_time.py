@@ -49,9 +49,11 @@ MODES = {
     'ppkd_dygraph': 'ppkd, dygraph teacher',
     'ppkd_folded': 'ppkd, dygraph teacher, BatchNorm folded',
     'ppkd_to_static': 'ppkd, teacher compiled by to_static',
+    'ppkd_bf16': 'ppkd, teacher on Paddle Inference in bfloat16',
     'ppdet': 'ppdet DistillModel (c)',
     'teacher': 'teacher forward alone (d)',
     'teacher_dygraph': 'dygraph teacher forward alone',
+    'teacher_bf16': 'teacher forward alone, bfloat16',
     'loader': 'data loader',
     'loader_shared_memory': 'data loader, shared memory',
 }
@@ -64,6 +66,7 @@ MODE_OPTS = {
     'ppkd_dygraph': ['distill.compile_teacher=dygraph'], 'teacher_dygraph': ['distill.compile_teacher=dygraph'],
     'ppkd_folded': ['distill.compile_teacher=dygraph', 'distill.fold_teacher_bn=true'],
     'ppkd_to_static': ['distill.compile_teacher=to_static'],
+    'ppkd_bf16': ['distill.teacher_precision=bfloat16'], 'teacher_bf16': ['distill.teacher_precision=bfloat16'],
 }
 # ppdet's DistillModel losses for the same method, where ppdet has one.
 PPDET_LOSSES = {'YOLOv3FineGrainedDistill': 'DistillYOLOv3Loss'}
@@ -113,7 +116,8 @@ def _train_step(model, optimizer, amp):
 
 def _teacher_form(distiller):
     compiled = distiller.compiled_teacher
-    return {'teacher_engine': compiled.engine if compiled else 'dygraph',
+    return {'teacher_engine': compiled.engine + ('' if compiled.engine != 'inference' or compiled.precision == 'float32'
+                                                 else f' ({compiled.precision})') if compiled else 'dygraph',
             'teacher_batch_norms': sum(isinstance(m, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm))
                                        for m in distiller.teacher.sublayers())}
 

@@ -34,14 +34,16 @@ SETTINGS = {  # environment of each run; ppkd's default: every core, its wait-po
     'one_thread': {'OMP_NUM_THREADS': '1'},
     'blocktime0': {'KMP_BLOCKTIME': '0'},
 }
-MODES = ('student', 'ppkd', 'ppdet')
+MODES = ('student', 'ppkd', 'ppkd_bf16', 'ppdet')
+# Extra overrides of a mode's runs: ppkd with its teacher's convolutions in bfloat16.
+MODE_OPTS = {'ppkd_bf16': ['distill.teacher_precision=bfloat16']}
 BATCH_COST = re.compile(r'Epoch: \[\d+\] \[\s*\d+/\d+\].* batch_cost: ([\d.]+)')
 
 
 def _command(mode, out, teacher_weights, opts):
     if mode == 'student':
         return ['tools/train.py', '-c', DEMO_STUDENT, '--output_dir', out, '-o', *opts]
-    if mode == 'ppkd':
+    if mode.startswith('ppkd'):
         return ['slim/distillation/distill.py', '-c', DISTILL, '-t', DEMO_TEACHER, '--teacher_pretrained',
                 teacher_weights, '--output_dir', out, '-o', *opts]
     return ['bench/throughput.py', '--ppdet_child', out, '--teacher_weights', teacher_weights, '-o', *opts]
@@ -61,15 +63,22 @@ def run_ppdet(out, teacher_weights, opts):
     with open(slim, 'w') as f:
         f.write(f'_BASE_: [{DEMO_TEACHER}]\npretrain_weights: {teacher_weights}\ndistill_loss: {PPDET_LOSS}\n'
                 f'{PPDET_LOSS}:\n  weight: {weight}\n')
-    with cfgmod.active(cfg):
+    data = cfg['dataset_dir']
+    with cfgmod.active(cfg) as active:
         model = DistillModel(cfg, slim)
+        # Loading the teacher's config merged its data sets over the student's: point them back at the data.
+        for key in ('TrainDataset', 'EvalDataset', 'TestDataset'):
+            for config in (cfg, active):
+                if hasattr(config.get(key), 'dataset_dir'):
+                    config[key].dataset_dir = data
         cfg.update(model=model, slim=slim, slim_type='Distill')
         Trainer(cfg, mode='train').train()
 
 
 def measure(mode, setting, args, teacher_weights, data):
     out = tempfile.mkdtemp(prefix=f'{mode}_{setting}_', dir=args.work_dir)
-    opts = [f'dataset_dir={data}', f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}', 'log_iter=1', *args.opt]
+    opts = [f'dataset_dir={data}', f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}', 'log_iter=1',
+            *MODE_OPTS.get(mode, []), *args.opt]
     env = {**os.environ, **SETTINGS[setting]}
     if setting != 'one_thread':
         env.pop('OMP_NUM_THREADS', None)  # ppkd's default: every core
@@ -99,7 +108,7 @@ def table(results, settings):
     head = ['mode', *settings]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     names = {'student': 'student alone (tools/train.py)', 'ppkd': 'ppkd distillation (distill.py)',
-             'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
+             'ppkd_bf16': 'ppkd distillation, teacher in bfloat16', 'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
     for mode in MODES:
         cells = []
         for setting in settings:

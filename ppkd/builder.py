@@ -10,6 +10,7 @@ from ppdet.utils.checkpoint import load_pretrain_weight
 
 from ppkd import config as cfgmod
 from ppkd.balancing import SCHEDULE_KEYS, schedule_from_config
+from ppkd.compiled_teacher import PRECISIONS
 from ppkd.data.unlabeled import unlabeled_section
 from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError
@@ -165,15 +166,24 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights, check_teacher=Fal
     unlabeled = unlabeled_section(student_cfg)
     # A segmentation teacher runs in dygraph: Paddle Inference is wired for the detectors' image parts.
     engine = None if segmentation else _compile_engine(student_cfg, section.get('compile_teacher', 'auto'))
+    precision = section.get('teacher_precision', 'float32')
+    if precision not in PRECISIONS:
+        raise PPKDError(f'{student_cfg["config_path"]}: distill.teacher_precision must be one of '
+                        f'{", ".join(PRECISIONS)}; got {precision!r}')
+    if precision != 'float32' and engine not in ('auto', 'inference'):
+        raise PPKDError(f'{student_cfg["config_path"]}: distill.teacher_precision {precision} needs the teacher on '
+                        'Paddle Inference (distill.compile_teacher: auto or inference'
+                        + (', detectors only)' if segmentation else ')'))
     return Distiller(student, teacher, losses, fold_teacher_bn=section.get('fold_teacher_bn', False),
                      compile_teacher=engine, task=task_of(student_cfg),
                      tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)),
                      schedule=schedule, balance=balance,
                      unlabeled_weight=None if unlabeled is None else float(unlabeled.get('weight', 1.)),
-                     labeled_weight=float(section.get('labeled_weight', 1.)))
+                     labeled_weight=float(section.get('labeled_weight', 1.)), teacher_precision=precision)
 
 
-DISTILL_KEYS = ('losses', 'fold_teacher_bn', 'compile_teacher', 'teacher_tensorrt_max_size', 'unlabeled', 'labeled_weight',
+DISTILL_KEYS = ('losses', 'fold_teacher_bn', 'compile_teacher', 'teacher_precision', 'teacher_tensorrt_max_size',
+                'unlabeled', 'labeled_weight',
                 *SCHEDULE_KEYS)
 
 

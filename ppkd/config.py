@@ -265,12 +265,13 @@ def load_teacher_config(path, overrides, student_cfg):
 
 @contextlib.contextmanager
 def active(cfg):
-    """Make `cfg` ppdet's global config for the `create` calls inside."""
+    """Make `cfg` ppdet's global config for the `create` calls inside
+    (yields that global config: what a merge inside changes)."""
     saved = dict(workspace.global_config)
     workspace.global_config.clear()
     workspace.global_config.update(cfg)
     try:
-        yield cfg
+        yield workspace.global_config
     finally:
         workspace.global_config.clear()
         workspace.global_config.update(saved)

@@ -28,7 +28,8 @@ class Distiller(nn.Layer):
     are the student's and the losses' own (adapters).
 
     `compile_teacher`: 'auto', 'inference', 'to_static' or None (dygraph),
-    as `distill.compile_teacher` (see `ppkd.compiled_teacher`).
+    as `distill.compile_teacher` (see `ppkd.compiled_teacher`);
+    `teacher_precision` ('float32' or 'bfloat16') that of the predictor.
 
     `forward(inputs, unlabeled)`: with a batch of unlabeled images, the
     student's and the teacher's image parts also run on it and every loss
@@ -42,7 +43,7 @@ class Distiller(nn.Layer):
 
     def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
                  tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None, labeled_weight=1.,
-                 task=None):
+                 task=None, teacher_precision='float32'):
         super().__init__()
         self.task = task or DetectionTask(None)
         self.labeled_weight = float(labeled_weight)
@@ -53,6 +54,7 @@ class Distiller(nn.Layer):
         self._fold_pending = fold_teacher_bn
         self._compile_pending = compile_teacher
         self._tensorrt_max_size = tensorrt_max_size
+        self._teacher_precision = teacher_precision
         self.compiled_teacher = None
         self.student = student
         self.teacher = freeze(teacher)
@@ -106,12 +108,12 @@ class Distiller(nn.Layer):
         if in_program:
             logger.info('teacher: compiled with the student in one program')
         elif self._teacher_forwards is None:
-            (logger.info if engine == 'auto' else logger.warning)(
+            (logger.info if engine == 'auto' and self._teacher_precision == 'float32' else logger.warning)(
                 'teacher: no feature forward known for %s; running its whole forward in dygraph', arch)
         else:
             self.compiled_teacher = compile_teacher(
                 self.teacher, self.teacher_recorder, self._teacher_forwards[0], inputs,
-                'inference' if engine == 'auto' else engine, self._tensorrt_max_size)
+                'inference' if engine == 'auto' else engine, self._tensorrt_max_size, self._teacher_precision)
 
     def _fold_teacher(self, inputs):
         self._fold_pending = False

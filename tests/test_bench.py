@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BCCD, ROOT
 
 
@@ -72,3 +74,26 @@ def test_a_run_cut_short_goes_on_from_its_last_snapshot(tmp_path):
     run_once(other, str(out))
     assert json.load(open(str(out) + '.argv')) == other[1:]
     assert not (tmp_path / 'run_seed0.log.part1').exists() and not (out / '3.pdstate').exists()
+
+
+def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
+    """Each teacher route is timed and scored; the dygraph route's mAP is
+    the teacher's own evaluation (tools/eval.py) of the same weights."""
+    out = tmp_path / 'routes'
+    opts = ['input_size=64', 'TrainReader.batch_size=2', 'EvalReader.batch_size=2', 'worker_num=0']
+    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'teacher_routes.py'), '--teacher', tiny_teacher[0],
+           '--teacher_weights', tiny_teacher[1], '--data', tiny_voc, '--steps', '2', '--warmup', '0', '--repeat', '1',
+           '--out', str(out), '-o', *opts]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    payload = json.loads((tmp_path / 'routes.json').read_text())
+    routes = {r['route']: r for r in payload['runs']}
+    assert set(routes) >= {'dygraph', 'inference'}
+    assert routes['dygraph']['engine'] == 'dygraph' and routes['inference']['engine'] == 'inference, float32'
+    assert all(r['steps'] == 2 and r['median_s'] > 0 and r['images'] == 4 for r in routes.values())
+    evaluated = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), '-c', tiny_teacher[0], '--json',
+                                '-o', f'weights={tiny_teacher[1]}', f'dataset_dir={tiny_voc}', *opts],
+                               capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert routes['dygraph']['mAP'] == pytest.approx(json.loads(evaluated.stdout.strip().splitlines()[-1])['mAP'], abs=1e-6)
+    assert routes['inference']['mAP'] == pytest.approx(routes['dygraph']['mAP'], abs=0.5)

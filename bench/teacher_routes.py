@@ -1,0 +1,155 @@
+"""The teacher's routes, each with its speed and its mAP: the frozen YOLOv3
+teacher as a distill step runs it (dygraph; Paddle Inference in float32;
+Paddle Inference with its convolutions in bfloat16), timed on training
+batches and scored on the test set through the same route.
+
+    .venv/bin/python bench/teacher_routes.py [--teacher_weights W] [--routes dygraph inference bfloat16]
+
+The mAP of a route is the teacher's own post-processing (YOLOv3's box
+decoding and NMS, in dygraph) on the head maps that route gives, so a route
+that changes what the student is taught shows up as a change of mAP.
+Default: the demo teacher of bench/demo_seeds.py on the demo's data, at
+the demo's input size and batch. Each route in its own process.
+Writes bench/results/teacher_routes.{md,json}.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from common import ROOT, cpu_model
+
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+from demo import DEMO_TEACHER, ensure_demo_data  # noqa: E402
+from ppkd.utils import atomic_write_text  # noqa: E402
+
+DISTILL = os.path.join(ROOT, 'configs', 'demo', 'distill_fine_grained.yml')
+ROUTES = {  # name: (distill overrides, label)
+    'dygraph': (['distill.compile_teacher=dygraph'], 'dygraph, float32'),
+    'inference': (['distill.compile_teacher=inference'], 'Paddle Inference (oneDNN), float32'),
+    'bfloat16': (['distill.compile_teacher=inference', 'distill.teacher_precision=bfloat16'],
+                 'Paddle Inference (oneDNN), convolutions in bfloat16'),
+}
+
+
+def measure(args):
+    """In this process: one route's median forward time and its mAP."""
+    import paddle
+    import ppkd  # noqa: F401
+    from ppkd import config as cfgmod
+    from ppkd.builder import build_distiller
+    from ppkd.data.loader import build_reader, epoch_batches
+    from ppkd.engine.evaluator import evaluate
+    from ppkd.losses.yolov3 import YOLOV3_HEAD_OUTPUTS
+
+    opts = [f'dataset_dir={args.data}', *ROUTES[args.child][0], *args.opt]
+    student_cfg = cfgmod.load_config(args.distill_config, opts)
+    teacher_cfg = cfgmod.load_config(args.teacher, [f'dataset_dir={args.data}', *args.opt])
+    model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
+    model.train()
+    batches = []
+    for batch in epoch_batches(build_reader(student_cfg, 'Train')):
+        batches.append(batch)
+        if len(batches) == args.warmup + args.steps:
+            break
+    model.prepare_teacher(batches[0])
+    compiled = model.compiled_teacher
+    engine = 'dygraph' if compiled is None else f'{compiled.engine}, {getattr(compiled, "precision", "float32")}'
+    times = []
+    for k, batch in enumerate(batches):
+        tic = time.perf_counter()
+        with paddle.no_grad():
+            model.run_teacher(batch, image_part_only=True)
+        [float(o[-1].sum()) for o in model.teacher_recorder.outputs.values()]  # wait for the values
+        if k >= args.warmup:
+            times.append(time.perf_counter() - tic)
+
+    teacher = model.teacher
+
+    class TeacherThroughRoute(paddle.nn.Layer):
+        """Eval forward of the teacher whose head maps come from the route."""
+
+        def forward(self, inputs):
+            model.teacher_recorder.clear()
+            model.run_teacher(inputs, image_part_only=True)
+            maps = [model.teacher_recorder.outputs[name][-1] for name in YOLOV3_HEAD_OUTPUTS]
+            bbox, bbox_num, _ = teacher.post_process(maps, teacher.yolo_head.mask_anchors, inputs['im_shape'],
+                                                     inputs['scale_factor'])
+            return {'bbox': bbox, 'bbox_num': bbox_num}
+
+    scores = evaluate(teacher_cfg, TeacherThroughRoute())
+    return {'route': args.child, 'engine': engine, 'median_s': statistics.median(times), 'steps': len(times),
+            'mAP': scores['mAP'], 'per_class': scores['per_class'], 'images': scores['images']}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--routes', nargs='+', default=list(ROUTES), choices=list(ROUTES))
+    p.add_argument('--teacher', default=DEMO_TEACHER)
+    p.add_argument('--distill_config', default=DISTILL, help='its losses name the recorded head maps')
+    p.add_argument('--teacher_weights', default=os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher',
+                                                             'model_final.pdparams'))
+    p.add_argument('--data', default=None, help='a VOC folder with its lists (default: the demo data)')
+    p.add_argument('--steps', type=int, default=20)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeat', type=int, default=2, help='rounds of every route, interleaved')
+    p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'teacher_routes'))
+    p.add_argument('-o', '--opt', nargs='*', default=[], help='overrides for both configs')
+    p.add_argument('--child', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.data is None:
+        args.data = ensure_demo_data(os.path.join(ROOT, 'output', 'bench_demo_seeds', 'shapes'))
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+    if not os.path.isfile(args.teacher_weights):
+        sys.exit(f'error: teacher weights not found: {args.teacher_weights} (run bench/demo_seeds.py, or '
+                 '--teacher_weights)')
+    runs = []
+    for _ in range(args.repeat):
+        for route in args.routes:
+            cmd = [sys.executable, os.path.abspath(__file__), '--child', route, *sys.argv[1:]]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f'error: route {route} failed (exit {proc.returncode}): '
+                         + (proc.stderr.strip().splitlines() or [''])[-1])
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f'{route}: {runs[-1]["median_s"]:.3f} s, mAP {runs[-1]["mAP"]:.2f}', flush=True)
+    write(runs, args)
+
+
+def write(runs, args):
+    reference = {r['route']: r for r in runs if r['route'] == 'dygraph'}.get('dygraph')
+    lines = ['| route | runs as | teacher forward, median (s) | each round | vs dygraph | mAP | Δ mAP vs dygraph |',
+             '|---|---|---|---|---|---|---|']
+    summary = {}
+    for route in args.routes:
+        rs = [r for r in runs if r['route'] == route]
+        median = statistics.median(r['median_s'] for r in rs)
+        summary[route] = {'median_s': median, 'mAP': rs[-1]['mAP'], 'engine': rs[-1]['engine']}
+        base = statistics.median(r['median_s'] for r in runs if r['route'] == 'dygraph') if reference else None
+        lines.append('| %s | %s | %.3f | %s | %s | %.2f | %s |' % (
+            ROUTES[route][1], rs[-1]['engine'], median, ', '.join('%.3f' % r['median_s'] for r in rs),
+            '%.2f×' % (median / base) if base else '', rs[-1]['mAP'],
+            '%+.2f' % (rs[-1]['mAP'] - reference['mAP']) if reference else ''))
+    settings = {'cpu': cpu_model(), 'teacher': os.path.relpath(args.teacher, ROOT), 'weights': args.teacher_weights,
+                'distill_config': os.path.relpath(args.distill_config, ROOT), 'steps': args.steps,
+                'warmup': args.warmup, 'repeat': args.repeat, 'threads': os.environ.get('OMP_NUM_THREADS', 'all cores'),
+                'opt': args.opt}
+    note = (f'The teacher\'s image part as a distill step runs it, median over {args.steps} training batches after '
+            f'{args.warmup} (demo reader: input size and batch of the distill config), each route in its own '
+            f'process, {args.repeat} interleaved rounds; mAP (VOC, %) over the {runs[-1]["images"]} test images '
+            'through the same route (the teacher\'s own decoding and NMS on the route\'s head maps). '
+            f'Threads: {settings["threads"]}. CPU: {settings["cpu"]}.')
+    atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'runs': runs, 'summary': summary},
+                                                     indent=1) + '\n')
+    atomic_write_text(args.out + '.md', '\n'.join(lines) + '\n\n' + note + '\n')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
