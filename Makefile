@@ -8,6 +8,7 @@
 #   make bench-ssd          BCCD: SSD-MobileNetV1 student, no teacher / soft KL / soft KL + bounded, 3 seeds (hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 #   make bench-throughput   images/s of the real training loops (student, ppkd, ppdet DistillModel) per thread setting
+#   make bench-teacher-routes  the teacher's routes (dygraph, Paddle Inference float32 / bfloat16): speed and mAP
 #   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
 #   make bench-camvid-unlabeled  CamVid with a quarter of the masks: no teacher / pixel KD / knowledge adaptation on labelled + raw images, 3 seeds (~2.5 h)
 VENV ?= .venv
@@ -18,7 +19,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-ssd bench-gain bench-throughput bench-camvid bench-camvid-unlabeled clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-ssd bench-gain bench-throughput bench-teacher-routes bench-camvid bench-camvid-unlabeled clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -56,6 +57,9 @@ bench-gain: install
 
 bench-throughput: install
 	$(PY) bench/throughput.py
+
+bench-teacher-routes: install
+	$(PY) bench/teacher_routes.py
 
 bench-camvid: install
 	$(PY) bench/camvid_ka.py

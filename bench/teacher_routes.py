@@ -8,8 +8,9 @@ batches and scored on the test set through the same route.
 The mAP of a route is the teacher's own post-processing (YOLOv3's box
 decoding and NMS, in dygraph) on the head maps that route gives, so a route
 that changes what the student is taught shows up as a change of mAP.
-Default: the demo teacher of bench/demo_seeds.py on the demo's data, at
-the demo's input size and batch. Each route in its own process.
+Default: the demo teacher of bench/demo_seeds.py (trained here first if
+it is not there yet, as that bench would) on the demo's data, at the
+demo's input size and batch. Each route in its own process.
 Writes bench/results/teacher_routes.{md,json}.
 """
 import argparse
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, cpu_model
+from common import ROOT, cpu_model, train_teacher
 
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -91,8 +92,7 @@ def main():
     p.add_argument('--routes', nargs='+', default=list(ROUTES), choices=list(ROUTES))
     p.add_argument('--teacher', default=DEMO_TEACHER)
     p.add_argument('--distill_config', default=DISTILL, help='its losses name the recorded head maps')
-    p.add_argument('--teacher_weights', default=os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher',
-                                                             'model_final.pdparams'))
+    p.add_argument('--teacher_weights', default=None, help="default: bench/demo_seeds.py's demo teacher")
     p.add_argument('--data', default=None, help='a VOC folder with its lists (default: the demo data)')
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--warmup', type=int, default=3)
@@ -106,13 +106,17 @@ def main():
     if args.child:
         print(json.dumps(measure(args)))
         return
-    if not os.path.isfile(args.teacher_weights):
-        sys.exit(f'error: teacher weights not found: {args.teacher_weights} (run bench/demo_seeds.py, or '
-                 '--teacher_weights)')
+    if args.teacher_weights is None:
+        demo_teacher = os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher')
+        train_teacher(DEMO_TEACHER, demo_teacher, [f'dataset_dir={args.data}'])
+        args.teacher_weights = os.path.join(demo_teacher, 'model_final.pdparams')
+    elif not os.path.isfile(args.teacher_weights):
+        sys.exit(f'error: teacher weights not found: {args.teacher_weights}')
     runs = []
     for _ in range(args.repeat):
         for route in args.routes:
-            cmd = [sys.executable, os.path.abspath(__file__), '--child', route, *sys.argv[1:]]
+            cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], '--child', route, '--teacher_weights',
+                   args.teacher_weights, '--data', args.data]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f'error: route {route} failed (exit {proc.returncode}): '

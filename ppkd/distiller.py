@@ -1,6 +1,8 @@
 """The merged model: a trainable student, a frozen teacher, recorders on
 both, and the losses that read them."""
 import logging
+import os
+import tempfile
 
 import paddle
 import paddle.nn as nn
@@ -56,6 +58,7 @@ class Distiller(nn.Layer):
         self._tensorrt_max_size = tensorrt_max_size
         self._teacher_precision = teacher_precision
         self.compiled_teacher = None
+        self._released_teacher = None  # where the dygraph teacher's weights wait while a predictor runs it
         self.student = student
         self.teacher = freeze(teacher)
         self._teacher_forwards = self.task.teacher_forwards(teacher)
@@ -114,6 +117,29 @@ class Distiller(nn.Layer):
             self.compiled_teacher = compile_teacher(
                 self.teacher, self.teacher_recorder, self._teacher_forwards[0], inputs,
                 'inference' if engine == 'auto' else engine, self._tensorrt_max_size, self._teacher_precision)
+            if getattr(self.compiled_teacher, 'engine', None) == 'inference' and self._teacher_forwards[1] is None:
+                self._release_teacher_weights()
+
+    def _release_teacher_weights(self):
+        """The predictor holds its own copy of the weights and nothing else
+        reads the dygraph teacher's: free them, kept in a file that is read
+        back if the predictor fails later."""
+        state = self.teacher.state_dict()
+        self._released_teacher = tempfile.TemporaryDirectory(prefix='ppkd-teacher-')
+        paddle.save(state, os.path.join(self._released_teacher.name, 'teacher.pdparams'))
+        size = sum(int(t.numel()) * t.element_size() for t in state.values())
+        for tensor in state.values():
+            tensor._clear_data()
+        logger.info('teacher: its dygraph copy of the weights released (%.0f MB), the predictor has its own',
+                    size / 2 ** 20)
+
+    def _restore_teacher_weights(self):
+        if self._released_teacher is not None:
+            saved = paddle.load(os.path.join(self._released_teacher.name, 'teacher.pdparams'), return_numpy=True)
+            for name, tensor in self.teacher.state_dict().items():
+                tensor.set_value(saved[name])  # (set_state_dict needs tensors that still hold data)
+            self._released_teacher.cleanup()
+            self._released_teacher = None
 
     def _fold_teacher(self, inputs):
         self._fold_pending = False
@@ -189,6 +215,7 @@ class Distiller(nn.Layer):
                 logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
                                str(e).strip().splitlines()[-1] if str(e).strip() else '')
                 self.compiled_teacher = None
+                self._restore_teacher_weights()
             else:
                 self.teacher_recorder.outputs = outputs
                 rest = self._teacher_forwards[1]

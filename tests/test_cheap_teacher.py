@@ -110,6 +110,29 @@ def test_teacher_precision_is_checked(tiny_voc, tiny_teacher, opts, message):
         build_distiller(*_yolov3_cfgs(tiny_voc, *opts), tiny_teacher[1])
 
 
+def _initialized(teacher):
+    return [t._is_initialized() for t in teacher.state_dict().values()]
+
+
+def test_inference_teacher_releases_the_dygraph_weights_and_reads_them_back_on_failure(tiny_voc, tiny_teacher,
+                                                                                      monkeypatch, caplog):
+    plain_cfgs = _yolov3_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
+    batch = next(epoch_batches(build_reader(plain_cfgs[0], 'Train')))
+    expected = _losses(_prepared(*plain_cfgs, tiny_teacher[1], batch), batch)
+    with caplog.at_level(logging.INFO, logger='ppkd'):
+        model = _prepared(*_yolov3_cfgs(tiny_voc, 'distill.compile_teacher=inference'), tiny_teacher[1], batch)
+    assert 'its dygraph copy of the weights released' in caplog.text
+    assert not any(_initialized(model.teacher))
+    assert _losses(model, batch) == pytest.approx(expected, rel=1e-3, abs=1e-5)
+
+    def lost(image):
+        raise RuntimeError('predictor lost')
+    monkeypatch.setattr(model.compiled_teacher, 'record', lost)
+    got = _losses(model, batch)  # the dygraph teacher takes over, its weights read back
+    assert model.compiled_teacher is None and all(_initialized(model.teacher))
+    assert got == pytest.approx(expected, rel=1e-3, abs=1e-5)
+
+
 def test_inference_is_the_default_for_yolov3(tiny_voc, tiny_teacher):
     cfgs = _yolov3_cfgs(tiny_voc)
     model = _prepared(*cfgs, tiny_teacher[1], next(epoch_batches(build_reader(cfgs[0], 'Train'))))
@@ -126,6 +149,7 @@ def test_cheap_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher
     cheap = _prepared(*_frcnn_cfgs(tiny_voc, f'distill.compile_teacher={engine}', f'distill.fold_teacher_bn={fold}'),
                       frcnn_teacher, batch)
     assert _batch_norms(plain) > 0 and (_batch_norms(cheap) == 0) == fold
+    assert all(_initialized(cheap.teacher))  # the RoI head runs in dygraph on the teacher's own weights
     if engine != 'dygraph':
         assert cheap.compiled_teacher is not None and cheap.compiled_teacher.engine == engine
     expected, got = _losses(plain, batch), _losses(cheap, batch)
@@ -155,11 +179,11 @@ def test_inference_teacher_takes_other_batch_and_input_sizes(tiny_voc, tiny_teac
     assert model.compiled_teacher.engine == 'inference'
     image = paddle.rand([3, 3, 96, 96])
     recorded, _ = model.compiled_teacher.record(image)
+    plain = _prepared(*_yolov3_cfgs(tiny_voc, 'distill.compile_teacher=dygraph'), tiny_teacher[1], None)
     with paddle.no_grad():
-        model.teacher_recorder.clear()
-        TEACHER_FORWARDS['YOLOv3'][0](model.teacher, {'image': image}, set(model.teacher_recorder.names))
+        TEACHER_FORWARDS['YOLOv3'][0](plain.teacher, {'image': image}, set(plain.teacher_recorder.names))
     for name in model.teacher_recorder.names:
-        for got, expected in zip(recorded[name], model.teacher_recorder.outputs[name], strict=True):
+        for got, expected in zip(recorded[name], plain.teacher_recorder.outputs[name], strict=True):
             assert got.shape == expected.shape and got.shape[0] == 3
             np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3,
                                        atol=1e-4 * float(np.abs(expected.numpy()).max()))

@@ -330,7 +330,8 @@ class Trainer:
 
     def _check_finite_parameters(self, epoch, iteration):
         for name, p in self.model.named_parameters():
-            if not bool(paddle.isfinite(p).all()):
+            # The frozen teacher is not updated (and its dygraph weights may be released).
+            if not p.stop_gradient and not bool(paddle.isfinite(p).all()):
                 raise self._diverged(f'parameter {name} became non-finite', epoch, iteration)
 
     def _evaluate(self, epoch):
