@@ -4,6 +4,7 @@ import logging
 import os
 import tempfile
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 
@@ -124,20 +125,22 @@ class Distiller(nn.Layer):
         """The predictor holds its own copy of the weights and nothing else
         reads the dygraph teacher's: free them, kept in a file that is read
         back if the predictor fails later."""
-        state = self.teacher.state_dict()
         self._released_teacher = tempfile.TemporaryDirectory(prefix='ppkd-teacher-')
-        paddle.save(state, os.path.join(self._released_teacher.name, 'teacher.pdparams'))
-        size = sum(int(t.numel()) * t.element_size() for t in state.values())
-        for tensor in state.values():
+        size = 0
+        # One tensor at a time: a whole state dict saved at once would copy every weight first.
+        for k, tensor in enumerate(self.teacher.state_dict().values()):
+            value = tensor.numpy()
+            np.save(os.path.join(self._released_teacher.name, f'{k}.npy'), value)
+            size += value.nbytes
             tensor._clear_data()
         logger.info('teacher: its dygraph copy of the weights released (%.0f MB), the predictor has its own',
                     size / 2 ** 20)
 
     def _restore_teacher_weights(self):
         if self._released_teacher is not None:
-            saved = paddle.load(os.path.join(self._released_teacher.name, 'teacher.pdparams'), return_numpy=True)
-            for name, tensor in self.teacher.state_dict().items():
-                tensor.set_value(saved[name])  # (set_state_dict needs tensors that still hold data)
+            for k, tensor in enumerate(self.teacher.state_dict().values()):
+                # (set_value: set_state_dict needs tensors that still hold data)
+                tensor.set_value(np.load(os.path.join(self._released_teacher.name, f'{k}.npy')))
             self._released_teacher.cleanup()
             self._released_teacher = None
 
