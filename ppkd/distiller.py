@@ -139,7 +139,8 @@ class Distiller(nn.Layer):
     def _restore_teacher_weights(self):
         if self._released_teacher is not None:
             for k, tensor in enumerate(self.teacher.state_dict().values()):
-                # (set_value: set_state_dict needs tensors that still hold data)
+                # From NumPy, onto the current device: set_state_dict, or a tensor value, needs tensors that
+                # still hold data (a cleared one no longer knows its device).
                 tensor.set_value(np.load(os.path.join(self._released_teacher.name, f'{k}.npy')))
             self._released_teacher.cleanup()
             self._released_teacher = None
