@@ -31,6 +31,7 @@ DISTILL = os.path.join(ROOT, 'configs', 'demo', 'distill_fine_grained.yml')
 PPDET_LOSS = 'DistillYOLOv3Loss'
 SETTINGS = {  # environment of each run; ppkd's default: every core, its wait-policy tuner
     'default': {},
+    'previous': {'KMP_BLOCKTIME': '200'},  # every core, Intel OpenMP's default block time: no tuner
     'one_thread': {'OMP_NUM_THREADS': '1'},
     'blocktime0': {'KMP_BLOCKTIME': '0'},
 }
@@ -155,7 +156,8 @@ def main():
     note = ('Images/s of the training loop users run (mean seconds an iteration), data wait and logging '
             f'included, {args.epochs} epochs of the demo data at batch {args.batch_size}, the first {args.warmup} '
             f'iterations left out; each run its own process, one after another. CPU: {settings["cpu"]}. '
-            "default: every core with ppkd's wait-policy tuner (ppdet's loop has none); one_thread: "
+            "default: every core with ppkd's wait-policy tuner (ppdet's loop has none); previous: every core, "
+            "KMP_BLOCKTIME=200 (Intel OpenMP's default, which turns the tuner off); one_thread: "
             'OMP_NUM_THREADS=1; blocktime0: KMP_BLOCKTIME=0. Wait policies ppkd chose: '
             + ', '.join(f'{r["mode"]}/{r["setting"]}: {r["wait_policy"]}' for r in results if r['wait_policy']))
     atomic_write_text(args.out + '.md', table(results, args.settings) + '\n\n' + note + '\n')
