@@ -116,8 +116,8 @@ def _train_step(model, optimizer, amp):
 
 def _teacher_form(distiller):
     compiled = distiller.compiled_teacher
-    return {'teacher_engine': compiled.engine + ('' if compiled.engine != 'inference' or compiled.precision == 'float32'
-                                                 else f' ({compiled.precision})') if compiled else 'dygraph',
+    return {'teacher_engine': 'dygraph' if compiled is None else compiled.engine + (
+                '' if compiled.precision == 'float32' else f' ({compiled.precision})'),
             'teacher_batch_norms': sum(isinstance(m, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm))
                                        for m in distiller.teacher.sublayers())}
 

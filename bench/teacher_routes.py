@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 from common import ROOT, cpu_model, train_teacher
 
@@ -43,31 +42,25 @@ def measure(args):
     import ppkd  # noqa: F401
     from ppkd import config as cfgmod
     from ppkd.builder import build_distiller
-    from ppkd.data.loader import build_reader, epoch_batches
     from ppkd.engine.evaluator import evaluate
     from ppkd.losses.yolov3 import YOLOV3_HEAD_OUTPUTS
+    from step_time import _batches, _time_steps
 
     opts = [f'dataset_dir={args.data}', *ROUTES[args.child][0], *args.opt]
     student_cfg = cfgmod.load_config(args.distill_config, opts)
     teacher_cfg = cfgmod.load_config(args.teacher, [f'dataset_dir={args.data}', *args.opt])
     model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
     model.train()
-    batches = []
-    for batch in epoch_batches(build_reader(student_cfg, 'Train')):
-        batches.append(batch)
-        if len(batches) == args.warmup + args.steps:
-            break
+    batches = _batches(student_cfg, args.warmup + args.steps)
     model.prepare_teacher(batches[0])
     compiled = model.compiled_teacher
-    engine = 'dygraph' if compiled is None else f'{compiled.engine}, {getattr(compiled, "precision", "float32")}'
-    times = []
-    for k, batch in enumerate(batches):
-        tic = time.perf_counter()
+    engine = 'dygraph' if compiled is None else f'{compiled.engine}, {compiled.precision}'
+
+    def forward(batch):
         with paddle.no_grad():
             model.run_teacher(batch, image_part_only=True)
         [float(o[-1].sum()) for o in model.teacher_recorder.outputs.values()]  # wait for the values
-        if k >= args.warmup:
-            times.append(time.perf_counter() - tic)
+    times, _ = _time_steps(forward, batches, args.warmup)
 
     teacher = model.teacher
 
@@ -127,7 +120,9 @@ def main():
 
 
 def write(runs, args):
-    reference = {r['route']: r for r in runs if r['route'] == 'dygraph'}.get('dygraph')
+    dygraph = [r for r in runs if r['route'] == 'dygraph']
+    reference = dygraph[-1] if dygraph else None
+    base = statistics.median(r['median_s'] for r in dygraph) if dygraph else None
     lines = ['| route | runs as | teacher forward, median (s) | each round | vs dygraph | mAP | Δ mAP vs dygraph |',
              '|---|---|---|---|---|---|---|']
     summary = {}
@@ -135,7 +130,6 @@ def write(runs, args):
         rs = [r for r in runs if r['route'] == route]
         median = statistics.median(r['median_s'] for r in rs)
         summary[route] = {'median_s': median, 'mAP': rs[-1]['mAP'], 'engine': rs[-1]['engine']}
-        base = statistics.median(r['median_s'] for r in runs if r['route'] == 'dygraph') if reference else None
         lines.append('| %s | %s | %.3f | %s | %s | %.2f | %s |' % (
             ROUTES[route][1], rs[-1]['engine'], median, ', '.join('%.3f' % r['median_s'] for r in rs),
             '%.2f×' % (median / base) if base else '', rs[-1]['mAP'],

@@ -67,11 +67,11 @@ def run_ppdet(out, teacher_weights, opts):
     data = cfg['dataset_dir']
     with cfgmod.active(cfg) as active:
         model = DistillModel(cfg, slim)
-        # Loading the teacher's config merged its data sets over the student's: point them back at the data.
+        # Loading the teacher's config merged its data sets over the student's in ppdet's global config (from
+        # which ppdet's trainer creates its reader): point them back at the data.
         for key in ('TrainDataset', 'EvalDataset', 'TestDataset'):
-            for config in (cfg, active):
-                if hasattr(config.get(key), 'dataset_dir'):
-                    config[key].dataset_dir = data
+            if hasattr(active.get(key), 'dataset_dir'):
+                active[key].dataset_dir = data
         cfg.update(model=model, slim=slim, slim_type='Distill')
         Trainer(cfg, mode='train').train()
 

@@ -106,6 +106,7 @@ def _layout(recorder):
 class _Compiled:
     layout = ()  # [(recorded name, number of calls)], set once checked
     output_index = ()  # as _FeatureProgram's
+    precision = 'float32'
 
     def record(self, image):
         """What the teacher's recorder would hold after its image part on
@@ -251,9 +252,10 @@ def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_si
     teacher; returns the compiled teacher or None after a warning saying
     why not."""
     image = inputs['image']
-    if precision == 'bfloat16' and (paddle.get_device().startswith('gpu') or not bfloat16_supported()):
-        logger.warning('teacher: bfloat16 not used (%s); float32 instead', 'ppkd runs it on CPUs only'
-                       if paddle.get_device().startswith('gpu') else 'this CPU has no AVX-512 bf16')
+    on_gpu = paddle.get_device().startswith('gpu')
+    if precision == 'bfloat16' and (on_gpu or not bfloat16_supported()):
+        logger.warning('teacher: bfloat16 not used (%s); float32 instead',
+                       'ppkd runs it on CPUs only' if on_gpu else 'this CPU has no AVX-512 bf16')
         precision = 'float32'
     with paddle.no_grad():
         recorder.clear()
