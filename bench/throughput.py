@@ -1,15 +1,20 @@
 """Training throughput as users feel it: images/s of the real training loop
 — the command a user runs, its configured reader and workers, logging,
-checkpoints — for the student alone, ppkd's distillation and ppdet's own
-DistillModel in ppdet's own trainer, each in its own process, under several
-thread settings.
+checkpoints — for the teacher trained alone, the student alone, ppkd's
+distillation and ppdet's own DistillModel in ppdet's own trainer, each in
+its own process, under several thread settings, for each teacher–student
+pair.
 
-    .venv/bin/python bench/throughput.py [--settings default one_thread blocktime0] [--modes ...]
+    .venv/bin/python bench/throughput.py [--pairs demo bccd] [--settings default previous] [--modes ...]
 
-Each run trains `--epochs` epochs on the demo's data with every iteration
-logged; images/s = batch size × iterations / their summed wall-clock
-(data wait included), over the iterations after the first `--warmup`.
-Writes bench/results/throughput.{md,json}.
+Pairs: `demo` (the demo's configs and data; the teacher of
+bench/demo_seeds.py) and `bccd` (the BCCD benches' YOLOv3-R34 teacher and
+MobileNetV1 student at their 160 px and batch 8; the teacher of
+bench/bccd_yolov3.py and bench/bccd_fgfi.py). A missing teacher is trained
+first, as its bench would. Each run trains `--epochs`
+epochs with every iteration logged; images/s = batch size × iterations /
+their summed wall-clock (data wait included), over the iterations after the
+first `--warmup`. Writes bench/results/throughput.{md,json}.
 """
 import argparse
 import json
@@ -19,149 +24,234 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, cpu_model, mean
+from common import BCCD, ROOT, cpu_model, mean, schedule, train_teacher
 
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from demo import DEMO_STUDENT, DEMO_TEACHER, ensure_demo_data  # noqa: E402
+from ppkd.data.split import split_voc  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
-DISTILL = os.path.join(ROOT, 'configs', 'demo', 'distill_fine_grained.yml')
+CFG = os.path.join(ROOT, 'configs')
+PAIRS = {  # name: teacher, student and distillation configs, the pair's overrides, its bench's teacher folder
+    'demo': dict(teacher=DEMO_TEACHER, student=DEMO_STUDENT,
+                 distill=os.path.join(CFG, 'demo', 'distill_fine_grained.yml'), opts=[],
+                 teacher_dir=os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher')),
+    'bccd': dict(teacher=os.path.join(CFG, 'bccd', 'teacher_yolov3_r34.yml'),
+                 student=os.path.join(CFG, 'bccd', 'student_yolov3_mobilenet_v1.yml'),
+                 distill=os.path.join(CFG, 'bccd', 'distill_fine_grained.yml'),
+                 opts=['input_size=160', 'TrainReader.batch_size=8', 'worker_num=2'],  # the BCCD bench's
+                 teacher_dir=os.path.join(ROOT, 'output', 'bench_bccd', 'teacher_r34')),
+}
+# How each pair's bench trains its teacher (the same command, so either bench reuses the other's teacher).
+TEACHER_OPTS = {'demo': [], 'bccd': ['snapshot_epoch=2', *schedule(12, 50)]}
 # ppdet's DistillModel loss for the same method (ppdet's YOLOv3 fine-grained distillation).
 PPDET_LOSS = 'DistillYOLOv3Loss'
-SETTINGS = {  # environment of each run; ppkd's default: every core, its wait-policy tuner
+SETTINGS = {  # environment of each run; ppkd's default: every core, its CPU tuner (wait policy, BLAS threads)
     'default': {},
-    'previous': {'KMP_BLOCKTIME': '200'},  # every core, Intel OpenMP's default block time: no tuner
+    # Every core for OpenMP and MKL, Intel OpenMP's default block time: no tuner (ppkd before it).
+    'previous': {'KMP_BLOCKTIME': '200', 'MKL_NUM_THREADS': str(os.cpu_count() or 1)},
     'one_thread': {'OMP_NUM_THREADS': '1'},
     'blocktime0': {'KMP_BLOCKTIME': '0'},
 }
-MODES = ('student', 'ppkd', 'ppkd_bf16', 'ppdet')
+MODES = ('teacher', 'student', 'ppkd', 'ppkd_bf16', 'ppdet')
+NAMES = {'teacher': 'teacher alone (tools/train.py)', 'student': 'student alone (tools/train.py)',
+         'ppkd': 'ppkd distillation (distill.py)', 'ppkd_bf16': 'ppkd distillation, teacher in bfloat16',
+         'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
 # Extra overrides of a mode's runs: ppkd with its teacher's convolutions in bfloat16.
 MODE_OPTS = {'ppkd_bf16': ['distill.teacher_precision=bfloat16']}
 BATCH_COST = re.compile(r'Epoch: \[\d+\] \[\s*\d+/\d+\].* batch_cost: ([\d.]+)')
 
 
-def _command(mode, out, teacher_weights, opts):
-    if mode == 'student':
-        return ['tools/train.py', '-c', DEMO_STUDENT, '--output_dir', out, '-o', *opts]
+def _command(pair, mode, out, opts):
+    spec = PAIRS[pair]
+    if mode in ('teacher', 'student'):
+        return ['tools/train.py', '-c', spec[mode], '--output_dir', out, '-o', *opts]
     if mode.startswith('ppkd'):
-        return ['slim/distillation/distill.py', '-c', DISTILL, '-t', DEMO_TEACHER, '--teacher_pretrained',
-                teacher_weights, '--output_dir', out, '-o', *opts]
-    return ['bench/throughput.py', '--ppdet_child', out, '--teacher_weights', teacher_weights, '-o', *opts]
+        return ['slim/distillation/distill.py', '-c', spec['distill'], '-t', spec['teacher'], '--teacher_pretrained',
+                spec['weights'], '--output_dir', out, '-o', *opts]
+    return ['bench/throughput.py', '--pairs', pair, '--ppdet_child', out, '--teacher_weights', spec['weights'],
+            '-o', *opts]
 
 
-def run_ppdet(out, teacher_weights, opts):
+def run_ppdet(pair, out, opts):
     """ppdet's own trainer on its DistillModel, as ppdet's tools/train.py
     builds them for a distillation config (same student, teacher, loss)."""
     import ppkd  # noqa: F401
     from ppdet.engine import Trainer
     from ppdet.slim.distill_model import DistillModel
     from ppkd import config as cfgmod
-    cfg = cfgmod.load_config(DISTILL, opts + [f'save_dir={out}'])
+    spec = PAIRS[pair]
+    cfg = cfgmod.load_config(spec['distill'], opts + [f'save_dir={out}'])
     slim = os.path.join(out, 'ppdet_slim.yml')
     os.makedirs(out, exist_ok=True)
     weight = cfg['YOLOv3FineGrainedDistill']['weight']
     with open(slim, 'w') as f:
-        f.write(f'_BASE_: [{DEMO_TEACHER}]\npretrain_weights: {teacher_weights}\ndistill_loss: {PPDET_LOSS}\n'
+        f.write(f'_BASE_: [{spec["teacher"]}]\npretrain_weights: {spec["weights"]}\ndistill_loss: {PPDET_LOSS}\n'
                 f'{PPDET_LOSS}:\n  weight: {weight}\n')
-    data = cfg['dataset_dir']
+    # Loading the teacher's config merges its readers and data sets into the student's (the same dicts, in
+    # ppdet's global config), from which ppdet's trainer creates its reader: the student's, loaded anew, are put
+    # back after, so that both trainers read the same batches (size, input size, data).
+    student = cfgmod.load_config(spec['distill'], opts)
     with cfgmod.active(cfg) as active:
         model = DistillModel(cfg, slim)
-        # Loading the teacher's config merged its data sets over the student's in ppdet's global config (from
-        # which ppdet's trainer creates its reader): point them back at the data.
-        for key in ('TrainDataset', 'EvalDataset', 'TestDataset'):
-            if hasattr(active.get(key), 'dataset_dir'):
-                active[key].dataset_dir = data
+        active.update({key: student[key] for key in ('TrainReader', 'EvalReader', 'TestReader', 'TrainDataset',
+                                                     'EvalDataset', 'TestDataset') if key in student})
         cfg.update(model=model, slim=slim, slim_type='Distill')
         Trainer(cfg, mode='train').train()
 
 
-def measure(mode, setting, args, teacher_weights, data):
-    out = tempfile.mkdtemp(prefix=f'{mode}_{setting}_', dir=args.work_dir)
-    opts = [f'dataset_dir={data}', f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}', 'log_iter=1',
-            *MODE_OPTS.get(mode, []), *args.opt]
+def pair_data(pair, dataset):
+    """The folder the pair's runs read, shared with the pair's bench: the
+    demo's generated data, or BCCD's official split."""
+    if pair == 'demo':
+        return ensure_demo_data(os.path.join(ROOT, 'output', 'bench_demo_seeds', 'shapes'))
+    lists = os.path.join(ROOT, 'output', 'bench_bccd', 'lists')
+    split_voc(dataset, imagesets=('trainval', 'test'), out_dir=lists)
+    return lists
+
+
+def measure(pair, mode, setting, args, data):
+    out = tempfile.mkdtemp(prefix=f'{pair}_{mode}_{setting}_', dir=args.work_dir)
+    opts = [f'dataset_dir={data}', *PAIRS[pair]['opts'], f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}',
+            'log_iter=1', *MODE_OPTS.get(mode, []), *args.opt]
     env = {**os.environ, **SETTINGS[setting]}
     if setting != 'one_thread':
         env.pop('OMP_NUM_THREADS', None)  # ppkd's default: every core
     log = out + '.log'
     with open(log, 'w') as f:
-        code = subprocess.call([sys.executable, *_command(mode, out, teacher_weights, opts)], stdout=f,
+        code = subprocess.call([sys.executable, *_command(pair, mode, out, opts)], stdout=f,
                                stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     with open(log) as f:
         text = f.read()
     if code:
-        sys.exit(f'error: {mode} ({setting}) failed (exit {code}), see {log}')
+        sys.exit(f'error: {pair} {mode} ({setting}) failed (exit {code}), see {log}')
     costs = [float(c) for c in BATCH_COST.findall(text)][args.warmup:]
-    policy = re.findall(r'CPU wait policy: ([^\n]*)', text)
+    chosen = re.findall(r'CPU settings: ([^\n]*)', text)
     if not costs:
-        sys.exit(f'error: {mode} ({setting}): no iteration logged after warm-up, see {log}')
-    return {'mode': mode, 'setting': setting, 'iterations': len(costs), 'images_per_s': args.batch_size * len(costs)
-            / sum(costs), 'mean_iteration_s': mean(costs), 'wait_policy': policy[-1] if policy else None}
+        sys.exit(f'error: {pair} {mode} ({setting}): no iteration logged after warm-up, see {log}')
+    batch = batch_size(pair, data, args.opt)
+    return {'pair': pair, 'mode': mode, 'setting': setting, 'iterations': len(costs), 'batch_size': batch,
+            'images_per_s': batch * len(costs) / sum(costs),
+            'mean_iteration_s': mean(costs), 'cpu_settings': chosen[-1] if chosen else None}
 
 
-def batch_size(opts):
-    """The TrainReader batch size the runs use (all modes share the demo reader)."""
+def batch_size(pair, data, opts):
+    """The TrainReader batch size of the pair's runs (its modes share one reader)."""
     from ppkd import config as cfgmod
-    return int(cfgmod.load_config(DISTILL, opts)['TrainReader']['batch_size'])
+    spec = PAIRS[pair]
+    return int(cfgmod.load_config(spec['distill'], [f'dataset_dir={data}', *spec['opts'], *opts])
+               ['TrainReader']['batch_size'])
 
 
-def table(results, settings):
-    head = ['mode', *settings]
+def _runs(results, pair, mode, setting):
+    """The runs of one cell, in round order."""
+    return [r for r in results if (r['pair'], r['mode'], r['setting']) == (pair, mode, setting)]
+
+
+def _figures(values):
+    return f'{mean(values):.2f}' + (' (' + ', '.join(f'{v:.2f}' for v in values) + ')' if len(values) > 1 else '')
+
+
+def table(results, pairs, settings):
+    head = ['pair', 'mode', *settings]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    names = {'student': 'student alone (tools/train.py)', 'ppkd': 'ppkd distillation (distill.py)',
-             'ppkd_bf16': 'ppkd distillation, teacher in bfloat16', 'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
-    for mode in MODES:
-        cells = []
-        for setting in settings:
-            r = next((r for r in results if r['mode'] == mode and r['setting'] == setting), None)
-            cells.append('' if r is None else f'{r["images_per_s"]:.2f} ({r["mean_iteration_s"]:.2f} s)')
-        if any(cells):
-            lines.append(f'| {names[mode]} | ' + ' | '.join(cells) + ' |')
+    for pair in pairs:
+        for mode in MODES:
+            cells = [_figures([r['images_per_s'] for r in _runs(results, pair, mode, setting)])
+                     if _runs(results, pair, mode, setting) else '' for setting in settings]
+            if any(cells):
+                lines.append(f'| {pair} | {NAMES[mode]} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def ratios(results, pairs, settings):
+    """ppkd's step time over the student's and over ppdet's (their images/s
+    the other way round), per pair and setting, each round's runs together."""
+    lines = []
+    for pair in pairs:
+        for setting in settings:
+            ppkd, student, ppdet = (_runs(results, pair, m, setting) for m in ('ppkd', 'student', 'ppdet'))
+            parts = [f'ppkd step / {name} step ' + _figures([o['images_per_s'] / k['images_per_s']
+                                                             for k, o in zip(ppkd, other)])
+                     for name, other in (('student', student), ('ppdet', ppdet)) if ppkd and other]
+            if parts:
+                lines.append(f'{pair}, {setting}: ' + '; '.join(parts))
+    return lines
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=list(PAIRS))
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
-    p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument('--epochs', type=int, default=2, help='epochs per run (30 iterations each on the demo data)')
-    p.add_argument('--warmup', type=int, default=10, help='iterations left out at the start')
-    p.add_argument('--teacher_weights', default=None, help='default: the demo teacher of bench/demo_seeds.py')
+    p.add_argument('--settings', nargs='+', default=['default', 'previous'], choices=list(SETTINGS))
+    p.add_argument('--epochs', type=int, default=2, help='epochs per run (demo: 30 iterations each; bccd: 36)')
+    p.add_argument('--warmup', type=int, default=15, help="iterations left out at the start (ppkd's CPU tuner "
+                   'chooses in the first 15)')
+    p.add_argument('--repeat', type=int, default=1, help='rounds of every run, one round after the other')
+    p.add_argument('--teacher_weights', default=None, help="the teacher's weights (one pair only); default: the "
+                   "pair's bench teacher, trained first if missing")
+    p.add_argument('--dataset', default=BCCD, help="BCCD's folder (the bccd pair)")
+    p.add_argument('--data', default=None, help="a VOC folder with its lists for the pair's runs (one pair, with "
+                   "--teacher_weights); default: the pair's bench data")
     p.add_argument('--work_dir', default=os.path.join(ROOT, 'output', 'bench_throughput'))
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'throughput'))
     p.add_argument('--ppdet_child', default=None, help=argparse.SUPPRESS)
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for every run')
     args = p.parse_args()
+    if (args.teacher_weights or args.data) and len(args.pairs) > 1:
+        sys.exit('error: --teacher_weights and --data need one --pairs value (whose teacher and data they are)')
+    if args.data and not args.teacher_weights:
+        sys.exit("error: --data needs --teacher_weights (the pair's bench teacher was trained on its own data)")
     if args.ppdet_child:
-        return run_ppdet(args.ppdet_child, args.teacher_weights, args.opt)
+        PAIRS[args.pairs[0]]['weights'] = args.teacher_weights
+        return run_ppdet(args.pairs[0], args.ppdet_child, args.opt)
     os.makedirs(args.work_dir, exist_ok=True)
-    data = ensure_demo_data(os.path.join(args.work_dir, 'shapes'))
-    weights = args.teacher_weights or os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher',
-                                                   'model_final.pdparams')
-    if not os.path.isfile(weights):
-        sys.exit(f'error: teacher weights not found: {weights} (run bench/demo_seeds.py, or --teacher_weights)')
-    args.batch_size = batch_size([f'dataset_dir={data}', *args.opt])
+    data = {pair: args.data or pair_data(pair, args.dataset) for pair in args.pairs}
+    for pair in args.pairs:
+        spec = PAIRS[pair]
+        if args.teacher_weights:
+            if not os.path.isfile(args.teacher_weights):
+                sys.exit(f'error: teacher weights not found: {args.teacher_weights}')
+            spec['weights'] = args.teacher_weights
+        else:  # the pair's bench teacher, trained here first if it is not there yet, as that bench would
+            train_teacher(spec['teacher'], spec['teacher_dir'],
+                          [f'dataset_dir={data[pair]}', *spec['opts'], *TEACHER_OPTS[pair]])
+            spec['weights'] = os.path.join(spec['teacher_dir'], 'model_final.pdparams')
     results = []
-    for setting in args.settings:  # settings outside, so that each mode's runs are spread over the session
-        for mode in args.modes:
-            results.append(measure(mode, setting, args, weights, data))
-            r = results[-1]
-            print(f'{mode} ({setting}): {r["images_per_s"]:.2f} images/s over {r["iterations"]} iterations',
-                  flush=True)
-    settings = {'cpu': cpu_model(), 'epochs': args.epochs, 'warmup': args.warmup, 'batch_size': args.batch_size,
-                'student': os.path.relpath(DEMO_STUDENT, ROOT), 'distill': os.path.relpath(DISTILL, ROOT),
-                'teacher': os.path.relpath(DEMO_TEACHER, ROOT), 'environments': {s: SETTINGS[s] for s in args.settings},
-                'opt': args.opt}
+    # Settings inside modes, so that each mode's settings are measured close together.
+    for round_ in range(args.repeat):
+        for pair in args.pairs:
+            for mode in args.modes:
+                for setting in args.settings:
+                    results.append(dict(measure(pair, mode, setting, args, data[pair]), round=round_))
+                    r = results[-1]
+                    print(f'round {round_ + 1}: {pair} {mode} ({setting}): {r["images_per_s"]:.2f} images/s over '
+                          f'{r["iterations"]} iterations', flush=True)
+    settings = {'cpu': cpu_model(), 'epochs': args.epochs, 'warmup': args.warmup, 'repeat': args.repeat,
+                'pairs': {pair: {k: v if k == 'opts' else os.path.relpath(v, ROOT) for k, v in PAIRS[pair].items()}
+                          for pair in args.pairs},
+                'environments': {s: SETTINGS[s] for s in args.settings}, 'opt': args.opt}
     atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'results': results}, indent=1) + '\n')
-    note = ('Images/s of the training loop users run (mean seconds an iteration), data wait and logging '
-            f'included, {args.epochs} epochs of the demo data at batch {args.batch_size}, the first {args.warmup} '
-            f'iterations left out; each run its own process, one after another. CPU: {settings["cpu"]}. '
-            "default: every core with ppkd's wait-policy tuner (ppdet's loop has none); previous: every core, "
-            "KMP_BLOCKTIME=200 (Intel OpenMP's default, which turns the tuner off); one_thread: "
-            'OMP_NUM_THREADS=1; blocktime0: KMP_BLOCKTIME=0. Wait policies ppkd chose: '
-            + ', '.join(f'{r["mode"]}/{r["setting"]}: {r["wait_policy"]}' for r in results if r['wait_policy']))
-    atomic_write_text(args.out + '.md', table(results, args.settings) + '\n\n' + note + '\n')
-    print(table(results, args.settings))
+    pairs = {'demo': 'the demo configs and data', 'bccd': 'the BCCD bench pair (YOLOv3-R34 teacher, MobileNetV1 '
+             'student, fine-grained loss)'}
+    note = ('Images/s of the training loop users run, data wait and logging included (the mean over '
+            f'{args.repeat} round(s), each round in brackets), {args.epochs} epoch(s) per run, the first '
+            f'{args.warmup} iterations left out; each run its own process, one after another; the ratios are step '
+            "times (images/s the other way round), each round's runs together. CPU: " + settings['cpu'] + '. '
+            + '; '.join(f'{pair}: {pairs[pair]}, batch {next(r["batch_size"] for r in results if r["pair"] == pair)}'
+                        for pair in args.pairs) + '. '
+            "default: every core with ppkd's CPU tuner (wait policy × BLAS threads; ppdet's loop has none); "
+            "previous: every core for OpenMP and MKL, KMP_BLOCKTIME=200 (Intel OpenMP's default), no tuner "
+            '(ppkd before it); one_thread: OMP_NUM_THREADS=1; blocktime0: KMP_BLOCKTIME=0. Settings ppkd chose: '
+            + '; '.join(f'{r["pair"]} {r["mode"]}/{r["setting"]} (round {r["round"] + 1}): {r["cpu_settings"]}'
+                        for r in results if r['cpu_settings']))
+    text = table(results, args.pairs, args.settings)
+    atomic_write_text(args.out + '.md', text + '\n\n' + '\n'.join(f'- {line}' for line in
+                                                              ratios(results, args.pairs, args.settings))
+                      + '\n\n' + note + '\n')
+    print(text)
+    print('\n'.join(ratios(results, args.pairs, args.settings)))
 
 
 if __name__ == '__main__':

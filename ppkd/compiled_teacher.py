@@ -32,6 +32,7 @@ import paddle
 import paddle.nn as nn
 
 from ppkd import compat
+from ppkd.threads import restore_threads
 
 logger = logging.getLogger('ppkd')
 
@@ -217,7 +218,7 @@ class InferenceTeacher(_Compiled):
             # A predictor's run ends by setting the CPU math library to one
             # thread (so as not to compete in a serving process): give the
             # student's dygraph ops their threads back.
-            paddle.base.core.set_num_threads(self._threads)
+            restore_threads(self._threads)
         return outputs
 
 

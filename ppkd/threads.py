@@ -1,20 +1,30 @@
-"""The OpenMP wait policy of the training loop, chosen by measuring it.
+"""The CPU settings of the training loop, chosen by measuring it.
 
-Paddle's CPU kernels run on Intel OpenMP, whose threads spin for 200 ms
-after each parallel region before sleeping. In the real loop the reader's
-threads and Python need the same cores. Measured on the demo teacher's loop
-(2 cores): on one machine the spinning made an iteration 2.6× slower than a
-block time of 0 (2.48 vs 0.95 s); on another (AMD EPYC) a block time of 0
-was the slower (1.35 vs 1.00 s). No default wins everywhere, so the trainer
-times both in the first iterations of the run, interleaved, and keeps the
-faster. Only the wait policy changes, never the
-thread count, so the numbers a run computes do not depend on the choice.
+Two settings decide how fast Paddle's CPU training runs, and which is best
+depends on the machine and the model:
 
-A user's own KMP_BLOCKTIME (or `cpu_wait: spin` / `cpu_wait: sleep` in the
-config) is kept as it is.
+- MKL's BLAS threads (Paddle's dygraph convolutions are im2col + MKL GEMM).
+  Measured on 2 cores (AMD EPYC), a step with BLAS on 2 threads against 1:
+  the demo student 0.45 vs 0.30 s and the demo teacher 1.09 vs 0.65 s (small
+  maps: threading costs more than it gains), but the BCCD student at 160 px
+  1.86 vs 3.31 s and its ResNet-34 teacher 3.94 vs 5.71 s.
+- Intel OpenMP's wait policy: its threads spin 200 ms after each parallel
+  region, while the reader's threads and Python need the same cores. On one
+  machine the demo teacher's loop ran 2.6× slower spinning than with a block
+  time of 0 (2.48 vs 0.95 s); on another, 0 was the slower (1.35 vs 1.00 s).
+
+So the trainer times each combination in the first iterations of the run,
+interleaved, and keeps the fastest. The OpenMP thread count never changes.
+The BLAS thread count can change the last bits of a GEMM's sums, so a run
+whose choice differs from another's can differ in those bits: pin it
+(`cpu_blas_threads: N`, or MKL_NUM_THREADS) for bitwise-repeatable runs.
+
+A user's own KMP_BLOCKTIME / MKL_NUM_THREADS (or `cpu_wait: spin|sleep`,
+`cpu_blas_threads: N` in the config) is kept as it is.
 """
 import ctypes
 import functools
+import itertools
 import logging
 import os
 import statistics
@@ -25,15 +35,27 @@ logger = logging.getLogger('ppkd')
 
 DEFAULT_BLOCKTIME_MS = 200  # Intel OpenMP's default
 POLICIES = {'spin': DEFAULT_BLOCKTIME_MS, 'sleep': 0}
+_LIBS = os.path.join(os.path.dirname(paddle.__file__), 'libs')
+# The BLAS thread count ppkd set (None: MKL's own); a Paddle Inference run resets it.
+_blas_threads = None
 
 
 @functools.lru_cache(maxsize=None)
 def _openmp():
-    path = os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so')
+    path = os.path.join(_LIBS, 'libiomp5.so')
     if not os.path.isfile(path):
         return None
     lib = ctypes.CDLL(path)
     return lib if hasattr(lib, 'kmp_set_blocktime') else None
+
+
+@functools.lru_cache(maxsize=None)
+def _mkl():
+    path = os.path.join(_LIBS, 'libmklml_intel.so')
+    if not os.path.isfile(path):
+        return None
+    lib = ctypes.CDLL(path)
+    return lib if hasattr(lib, 'MKL_Set_Num_Threads') else None
 
 
 def set_blocktime(ms):
@@ -50,56 +72,131 @@ def get_blocktime():
     return None if lib is None else int(lib.kmp_get_blocktime())
 
 
-class WaitPolicyTuner:
-    """Times each wait policy over `rounds` interleaved iterations after
-    `warmup` ones, then keeps the faster for the rest of the run.
+def set_blas_threads(n):
+    """Set MKL's BLAS threads (kept, to be restored after a Paddle Inference run); False if Paddle has no MKL."""
+    global _blas_threads
+    lib = _mkl()
+    if lib is None:
+        return False
+    lib.MKL_Set_Num_Threads(ctypes.c_int(int(n)))
+    _blas_threads = int(n)
+    return True
+
+
+def get_blas_threads():
+    lib = _mkl()
+    return None if lib is None else int(lib.MKL_Get_Max_Threads())
+
+
+def restore_threads(omp_threads):
+    """The training loop's thread settings back after a Paddle Inference
+    run, which ends by setting the CPU math library to one thread."""
+    paddle.base.core.set_num_threads(omp_threads)  # OpenMP and MKL
+    if _blas_threads is not None:
+        set_blas_threads(_blas_threads)
+
+
+def _name(candidate):
+    wait, blas = candidate
+    parts = ([wait] if wait else []) + ([f'BLAS {blas} thread' + ('s' if blas > 1 else '')] if blas else [])
+    return ', '.join(parts)
+
+
+class CPUTuner:
+    """Times each candidate (wait policy, BLAS threads) — None leaves that
+    setting alone — over `rounds` interleaved iterations after `warmup` ones,
+    then keeps the fastest for the rest of the run.
 
     `begin(iteration)` before a step, `end(iteration, seconds)` after it,
     with the iteration's whole time (data wait included)."""
 
-    def __init__(self, warmup=3, rounds=3):
-        self.warmup, self.rounds = warmup, rounds
-        self.names = list(POLICIES)
-        self.times = {name: [] for name in self.names}
+    def __init__(self, candidates, warmup=3, rounds=3):
+        self.candidates, self.warmup, self.rounds = list(candidates), warmup, rounds
+        self.times = {c: [] for c in self.candidates}
         self.chosen = None
 
     def _candidate(self, iteration):
         k = iteration - self.warmup
-        if self.chosen is not None or k < 0 or k >= self.rounds * len(self.names):
+        if self.chosen is not None or k < 0 or k >= self.rounds * len(self.candidates):
             return None
-        return self.names[k % len(self.names)]
+        return self.candidates[k % len(self.candidates)]
+
+    @staticmethod
+    def _apply(candidate):
+        wait, blas = candidate
+        if wait:
+            set_blocktime(POLICIES[wait])
+        if blas:
+            set_blas_threads(blas)
 
     def begin(self, iteration):
-        name = self._candidate(iteration)
-        if name is not None:
-            set_blocktime(POLICIES[name])
+        candidate = self._candidate(iteration)
+        if candidate is not None:
+            self._apply(candidate)
 
     def end(self, iteration, seconds):
-        name = self._candidate(iteration)
-        if name is None:
+        candidate = self._candidate(iteration)
+        if candidate is None:
             return
-        self.times[name].append(seconds)
+        self.times[candidate].append(seconds)
         if all(len(t) == self.rounds for t in self.times.values()):
-            medians = {n: statistics.median(t) for n, t in self.times.items()}
+            medians = {c: statistics.median(t) for c, t in self.times.items()}
             self.chosen = min(medians, key=medians.get)
-            set_blocktime(POLICIES[self.chosen])
-            logger.info('CPU wait policy: %s (OpenMP block time %d ms), measured over %d iterations each: %s',
-                        self.chosen, POLICIES[self.chosen], self.rounds,
-                        ', '.join(f'{n} {m:.3f} s' for n, m in medians.items()))
+            self._apply(self.chosen)
+            logger.info('CPU settings: %s, measured over %d iterations each: %s', _name(self.chosen), self.rounds,
+                        '; '.join(f'{_name(c)} {m:.3f} s' for c, m in medians.items()))
 
 
-def wait_policy_tuner(cfg):
-    """A tuner for this run, or None when the policy is fixed: by the
-    user's KMP_BLOCKTIME, by `cpu_wait` in the config, on a GPU, on one
-    core, or where Paddle's OpenMP is not Intel's."""
-    setting = cfg.get('cpu_wait', 'auto')
-    if setting not in ('auto', *POLICIES):
+def _fixed(cfg, key, allowed, parse):
+    """A setting from the config: 'auto' (None) or a valid value."""
+    value = cfg.get(key, 'auto')
+    if value == 'auto':
+        return None
+    try:
+        return parse(value)
+    except (TypeError, ValueError):
         from ppkd.errors import PPKDError
-        raise PPKDError(f'{cfg["config_path"]}: cpu_wait must be auto, spin or sleep; got {setting!r}')
-    if 'KMP_BLOCKTIME' in os.environ or cfg.get('use_gpu') or int(os.environ.get('OMP_NUM_THREADS', 1)) < 2:
+        raise PPKDError(f'{cfg["config_path"]}: {key} must be {allowed}; got {value!r}') from None
+
+
+def _policy(value):
+    if value not in POLICIES:
+        raise ValueError(value)
+    return value
+
+
+def _positive_int(value):
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(value)
+    return int(value)
+
+
+def cpu_tuner(cfg):
+    """Apply the CPU settings the user fixed; a tuner for the others, or
+    None when nothing is left to choose: on a GPU, on one core, or where
+    Paddle's OpenMP is not Intel's and it has no MKL."""
+    wait = _fixed(cfg, 'cpu_wait', 'auto, spin or sleep', _policy)
+    blas = _fixed(cfg, 'cpu_blas_threads', 'auto or a positive integer', _positive_int)
+    threads = int(os.environ.get('OMP_NUM_THREADS', 1))
+    if cfg.get('use_gpu') or threads < 2:
         return None
-    if setting != 'auto':
-        if set_blocktime(POLICIES[setting]):
-            logger.info('CPU wait policy: %s (cpu_wait in the config)', setting)
-        return None
-    return WaitPolicyTuner() if _openmp() is not None else None
+    waits, blases = [None], [None]
+    if 'KMP_BLOCKTIME' in os.environ or _openmp() is None:
+        pass
+    elif wait is not None:
+        set_blocktime(POLICIES[wait])
+        logger.info('CPU wait policy: %s (cpu_wait in the config)', wait)
+    else:
+        waits = list(POLICIES)
+    if _mkl() is None:
+        pass
+    elif 'MKL_NUM_THREADS' in os.environ:
+        if os.environ['MKL_NUM_THREADS'].isdigit():  # kept, so that it is restored after a predictor's run
+            set_blas_threads(int(os.environ['MKL_NUM_THREADS']))
+    elif blas is not None:
+        set_blas_threads(blas)
+        logger.info('CPU BLAS threads: %d (cpu_blas_threads in the config)', blas)
+    else:
+        blases = [threads, 1]
+    candidates = list(itertools.product(waits, blases))
+    return CPUTuner(candidates) if len(candidates) > 1 else None

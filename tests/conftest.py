@@ -19,6 +19,12 @@ TINY = ['YOLOv3L2Distill.weight=0.0001', 'input_size=64', 'epoch=1', 'worker_num
         'LearningRate.schedulers=[{name: PiecewiseDecay, milestones: [100], use_warmup: false}]']
 
 
+# For runs compared bit for bit (a resumed run with an uninterrupted one): a
+# run measures its CPU settings afresh, and another BLAS thread count
+# changes the last bits of the sums.
+PINNED_BLAS = ['cpu_blas_threads=1']
+
+
 @pytest.fixture(scope='session')
 def tiny_voc(tmp_path_factory):
     """12 generated images at 64 px, 8 for training and 4 for testing."""

@@ -9,7 +9,7 @@ import pytest
 from ppkd.balancing import AutoBalance, WeightSchedule
 from ppkd.errors import PPKDError
 
-from conftest import CONFIGS, run_script, tiny_opts
+from conftest import CONFIGS, PINNED_BLAS, run_script, tiny_opts
 
 DISTILL = os.path.join(CONFIGS, 'demo', 'distill_l2.yml')
 
@@ -55,7 +55,7 @@ def _distill(teacher, out, *extra, opts=()):
 def test_auto_weight_with_warmup_logged_and_kept_on_resume(tiny_voc, tiny_teacher, tmp_path, caplog):
     # 4 iterations an epoch: calibrated over iterations 0-1, ramped over 0-3.
     opts = tiny_opts(tiny_voc, 'epoch=2', 'YOLOv3L2Distill.weight=auto', 'distill.balance=0.5',
-                     'distill.balance_iters=2', 'distill.warmup_iters=4')
+                     'distill.balance_iters=2', 'distill.warmup_iters=4', *PINNED_BLAS)
     with caplog.at_level('INFO'):
         assert _distill(tiny_teacher, tmp_path / 'straight', opts=opts) == 0
     logged = [r.getMessage() for r in caplog.records if 'weight auto =' in r.getMessage()]

@@ -97,3 +97,37 @@ def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert routes['dygraph']['mAP'] == pytest.approx(json.loads(evaluated.stdout.strip().splitlines()[-1])['mAP'], abs=1e-6)
     assert routes['inference']['mAP'] == pytest.approx(routes['dygraph']['mAP'], abs=0.5)
+
+
+def test_throughput_times_every_mode_of_a_pair(tmp_path, tiny_voc):
+    """bench/throughput.py: each mode's real training loop (the teacher and
+    the student alone, ppkd, ppdet's DistillModel) timed per setting from
+    its logged iterations, with the ratios; a tiny demo teacher."""
+    from conftest import run_script, tiny_opts
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    from demo import DEMO_TEACHER
+    teacher = tmp_path / 'teacher'
+    assert run_script('tools/train.py', ['-c', DEMO_TEACHER, '--output_dir', str(teacher), '-o',
+                                         *tiny_opts(tiny_voc)]) == 0
+    opts = [o for o in tiny_opts(tiny_voc) if not o.startswith(('dataset_dir', 'epoch', 'log_iter'))]
+    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'throughput.py'), '--pairs', 'demo', '--data', tiny_voc,
+           '--teacher_weights', str(teacher / 'model_final.pdparams'), '--modes', 'teacher', 'student', 'ppkd',
+           'ppdet', '--settings', 'default', 'previous', '--epochs', '4', '--warmup', '1', '--repeat', '2', '--work_dir',
+           str(tmp_path / 'work'), '--out', str(tmp_path / 'tp'), '-o', *opts]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    results = json.loads((tmp_path / 'tp.json').read_text())['results']
+    assert [(r['round'], r['mode'], r['setting']) for r in results] == [
+        (k, m, s) for k in (0, 1) for m in ('teacher', 'student', 'ppkd', 'ppdet') for s in ('default', 'previous')]
+    for r in results:  # 8 training images at batch 2: 4 iterations an epoch, 4 epochs, the first left out
+        assert r['pair'] == 'demo' and r['iterations'] == 15
+        assert r['images_per_s'] == pytest.approx(2 / r['mean_iteration_s'])
+    # ppkd's tuner (its choice made after 15 iterations) is on by default, off under the previous settings.
+    assert all((r['cpu_settings'] is not None) == (r['setting'] == 'default') for r in results if r['mode'] != 'ppdet')
+    text = (tmp_path / 'tp.md').read_text()
+    student = [r['images_per_s'] for r in results if (r['mode'], r['setting']) == ('student', 'previous')]
+    assert '| demo | student alone (tools/train.py) | ' in text and f'({student[0]:.2f}, {student[1]:.2f})' in text
+    assert '- demo, default: ppkd step / student step' in text and 'ppkd step / ppdet step' in text
+    bad = subprocess.run(cmd[:2] + ['--pairs', 'demo', 'bccd', '--data', tiny_voc], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith('error: --teacher_weights and --data')

@@ -14,6 +14,7 @@ import pytest
 from ppkd import compat
 from ppkd import compiled_teacher as compiling
 from ppkd import config as cfgmod
+from ppkd import threads as cpu_threads
 from ppkd.builder import build_distiller
 from ppkd.data.loader import build_reader, epoch_batches
 from ppkd.engine.trainer import seed_everything
@@ -199,6 +200,15 @@ def test_inference_teacher_gives_the_student_its_threads_back(tiny_voc, tiny_tea
     assert _omp_max_threads() == 1  # what a bare predictor run leaves behind
     teacher(image)
     assert _omp_max_threads() == threads
+    if cpu_threads._mkl() is not None:  # and the BLAS threads the tuner chose
+        kept = cpu_threads._blas_threads
+        try:
+            cpu_threads.set_blas_threads(1)
+            teacher(image)
+            assert _omp_max_threads() == threads and cpu_threads.get_blas_threads() == 1
+        finally:
+            cpu_threads.set_blas_threads(threads)
+            cpu_threads._blas_threads = kept
 
 
 @pytest.mark.skipif(not compat.inference_needs_legacy_ir(), reason='the legacy IR is only needed on Paddle 3')

@@ -7,7 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import BCCD, CONFIGS, ROOT, run_script, tiny_opts
+from conftest import BCCD, CONFIGS, PINNED_BLAS, ROOT, run_script, tiny_opts
 
 DISTILL = os.path.join(CONFIGS, 'demo', 'distill_l2.yml')
 STUDENT = os.path.join(CONFIGS, 'demo', 'student_yolov3_mobilenet_v1_x0.5.yml')
@@ -40,7 +40,7 @@ def test_distill_train_eval_and_logs(tiny_voc, tiny_teacher, tmp_path, caplog):
 
 @pytest.mark.smoke
 def test_resume_is_exact(tiny_voc, tiny_teacher, tmp_path):
-    two = tiny_opts(tiny_voc, 'epoch=2')
+    two = tiny_opts(tiny_voc, 'epoch=2', *PINNED_BLAS)
     assert _distill(tiny_teacher, tmp_path / 'straight', opts=two) == 0
     assert _distill(tiny_teacher, tmp_path / 'split', opts=two + ['epoch=1']) == 0
     assert _distill(tiny_teacher, tmp_path / 'split', '-r', str(tmp_path / 'split' / 'model_final'),
@@ -323,7 +323,7 @@ def test_truncated_jpeg_is_named_not_trained_on(tiny_voc, tmp_path, capsys):
 def test_resume_inside_an_epoch_is_exact(tiny_voc, tiny_teacher, tmp_path):
     """snapshot_iter writes `latest` inside an epoch; resuming from it skips
     the batches already trained and ends where an uninterrupted run does."""
-    two = tiny_opts(tiny_voc, 'epoch=2')
+    two = tiny_opts(tiny_voc, 'epoch=2', *PINNED_BLAS)
     assert _distill(tiny_teacher, tmp_path / 'straight', opts=two) == 0
     # 4 iterations an epoch: `latest` at iteration 5 is epoch 1 after its first batch.
     assert _distill(tiny_teacher, tmp_path / 'snap', opts=two + ['snapshot_iter=5']) == 0

@@ -1,5 +1,6 @@
-"""The wait-policy tuner: it times both policies interleaved, keeps the
-faster, and leaves a user's own setting alone."""
+"""The CPU tuner: it times every combination of wait policy and BLAS
+threads interleaved, keeps the fastest, and leaves a user's own settings
+alone."""
 import os
 
 import pytest
@@ -8,55 +9,90 @@ from ppkd import threads
 from ppkd.errors import PPKDError
 
 needs_iomp = pytest.mark.skipif(threads._openmp() is None, reason="Paddle's OpenMP is not Intel's here")
+needs_mkl = pytest.mark.skipif(threads._mkl() is None, reason='Paddle has no MKL here')
+
+
+@pytest.fixture
+def restored_settings():
+    """Whatever a test sets, the process's settings as they were after it."""
+    blocktime, blas, kept = threads.get_blocktime(), threads.get_blas_threads(), threads._blas_threads
+    yield
+    if blocktime is not None:
+        threads.set_blocktime(blocktime)
+    if blas is not None:
+        threads.set_blas_threads(blas)
+    threads._blas_threads = kept
 
 
 @needs_iomp
-def test_set_blocktime_reaches_openmp():
-    before = threads.get_blocktime()
-    try:
-        threads.set_blocktime(0)
-        assert threads.get_blocktime() == 0
-        threads.set_blocktime(200)
-        assert threads.get_blocktime() == 200
-    finally:
-        threads.set_blocktime(before)
+def test_set_blocktime_reaches_openmp(restored_settings):
+    threads.set_blocktime(0)
+    assert threads.get_blocktime() == 0
+    threads.set_blocktime(200)
+    assert threads.get_blocktime() == 200
+
+
+@needs_mkl
+def test_blas_threads_reach_mkl_and_survive_a_math_library_reset(restored_settings):
+    import paddle
+    threads.set_blas_threads(1)
+    assert threads.get_blas_threads() == 1
+    paddle.base.core.set_num_threads(2)  # what giving OpenMP its threads back also does to MKL
+    assert threads.get_blas_threads() == 2
+    threads.restore_threads(2)
+    assert threads.get_blas_threads() == 1
 
 
 @needs_iomp
-@pytest.mark.parametrize('faster', ['spin', 'sleep'])
-def test_tuner_keeps_the_faster_policy(faster, caplog):
-    before = threads.get_blocktime()
-    tuner = threads.WaitPolicyTuner(warmup=2, rounds=3)
+@needs_mkl
+@pytest.mark.parametrize('fastest', [('spin', 2), ('sleep', 1), ('spin', 1)])
+def test_tuner_keeps_the_fastest_combination(fastest, restored_settings, caplog):
+    candidates = [(w, b) for w in ('spin', 'sleep') for b in (2, 1)]
+    tuner = threads.CPUTuner(candidates, warmup=2, rounds=3)
     seen = []
-    try:
-        with caplog.at_level('INFO'):
-            for it in range(14):
-                tuner.begin(it)
-                policy = 'spin' if threads.get_blocktime() == 200 else 'sleep'
-                seen.append(policy)
-                tuner.end(it, 1.0 if policy == faster else 1.5)
-        assert tuner.chosen == faster
-        # Interleaved after the warm-up, then the choice for good.
-        assert seen[2:8] == ['spin', 'sleep'] * 3
-        assert set(seen[8:]) == {faster}
-        assert f'CPU wait policy: {faster}' in caplog.text
-    finally:
-        threads.set_blocktime(before)
+    with caplog.at_level('INFO'):
+        for it in range(20):
+            tuner.begin(it)
+            current = ('spin' if threads.get_blocktime() == 200 else 'sleep', threads.get_blas_threads())
+            seen.append(current)
+            tuner.end(it, 1.0 if current == fastest else 1.5)
+    assert tuner.chosen == fastest
+    # Interleaved after the warm-up, then the choice for good.
+    assert seen[2:14] == candidates * 3
+    assert set(seen[14:]) == {fastest}
+    blas = f'BLAS {fastest[1]} thread' + ('s' if fastest[1] > 1 else '')
+    assert f'CPU settings: {fastest[0]}, {blas}, measured over 3 iterations each' in caplog.text
 
 
-def test_user_setting_and_config_fix_the_policy(monkeypatch):
+def test_user_settings_fix_their_part(monkeypatch, restored_settings):
     cfg = {'config_path': 'x.yml'}
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
-    monkeypatch.setenv('KMP_BLOCKTIME', '0')
-    assert threads.wait_policy_tuner(cfg) is None
-    monkeypatch.delenv('KMP_BLOCKTIME')
-    assert threads.wait_policy_tuner({**cfg, 'cpu_wait': 'spin'}) is None
-    assert threads.wait_policy_tuner({**cfg, 'use_gpu': True}) is None
+    monkeypatch.delenv('KMP_BLOCKTIME', raising=False)
+    monkeypatch.delenv('MKL_NUM_THREADS', raising=False)
+    both = [(w, b) for w in (['spin', 'sleep'] if threads._openmp() else [None])
+            for b in ([2, 1] if threads._mkl() else [None])]
+    tuner = threads.cpu_tuner(cfg)
+    assert (tuner.candidates if tuner else [(None, None)]) == both
+    if threads._openmp() and threads._mkl():
+        # One setting fixed (environment or config): the other is still tuned.
+        monkeypatch.setenv('KMP_BLOCKTIME', '0')
+        assert threads.cpu_tuner(cfg).candidates == [(None, 2), (None, 1)]
+        monkeypatch.delenv('KMP_BLOCKTIME')
+        assert threads.cpu_tuner({**cfg, 'cpu_wait': 'spin'}).candidates == [(None, 2), (None, 1)]
+        assert threads.get_blocktime() == 200
+        monkeypatch.setenv('MKL_NUM_THREADS', '1')
+        assert threads.cpu_tuner(cfg).candidates == [('spin', None), ('sleep', None)]
+        assert threads.get_blas_threads() == 1 and threads._blas_threads == 1  # kept for after a predictor run
+        monkeypatch.delenv('MKL_NUM_THREADS')
+        assert threads.cpu_tuner({**cfg, 'cpu_blas_threads': 2}).candidates == [('spin', None), ('sleep', None)]
+        assert threads.get_blas_threads() == 2
+        assert threads.cpu_tuner({**cfg, 'cpu_blas_threads': 1, 'cpu_wait': 'sleep'}) is None
+    assert threads.cpu_tuner({**cfg, 'use_gpu': True}) is None
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    assert threads.wait_policy_tuner(cfg) is None
-    with pytest.raises(PPKDError, match="cpu_wait must be auto, spin or sleep; got 'fast'"):
-        threads.wait_policy_tuner({**cfg, 'cpu_wait': 'fast'})
-    if threads._openmp() is not None:
-        monkeypatch.setenv('OMP_NUM_THREADS', '2')
-        assert isinstance(threads.wait_policy_tuner(cfg), threads.WaitPolicyTuner)
+    assert threads.cpu_tuner(cfg) is None
+    with pytest.raises(PPKDError, match="x.yml: cpu_wait must be auto, spin or sleep; got 'fast'"):
+        threads.cpu_tuner({**cfg, 'cpu_wait': 'fast'})
+    for bad in (0, 'two', 1.5, True):
+        with pytest.raises(PPKDError, match=f'x.yml: cpu_blas_threads must be auto or a positive integer; got {bad!r}'):
+            threads.cpu_tuner({**cfg, 'cpu_blas_threads': bad})
     assert os.environ.get('KMP_BLOCKTIME') is None

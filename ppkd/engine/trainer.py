@@ -25,7 +25,7 @@ from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError, StoppedBySignal
 from ppkd.tasks import task_of
 from ppkd.teacher import load_weights
-from ppkd.threads import wait_policy_tuner
+from ppkd.threads import cpu_tuner
 
 logger = logging.getLogger('ppkd')
 
@@ -247,7 +247,7 @@ class Trainer:
         self.model.train()
         unlabeled = None if self.unlabeled_loader is None else endless_batches(self.task.batches,
                                                                                  self.unlabeled_loader, self.start_epoch)
-        tuner = wait_policy_tuner(self.cfg)
+        tuner = cpu_tuner(self.cfg)
         with _StopSignals().installed() as signals:
             return self._train_epochs(unlabeled, tuner, signals)
 
