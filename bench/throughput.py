@@ -111,7 +111,7 @@ def pair_data(pair, dataset):
     return lists
 
 
-def measure(pair, mode, setting, args, data):
+def measure(pair, mode, setting, args, data, batch):
     out = tempfile.mkdtemp(prefix=f'{pair}_{mode}_{setting}_', dir=args.work_dir)
     opts = [f'dataset_dir={data}', *PAIRS[pair]['opts'], f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}',
             'log_iter=1', *MODE_OPTS.get(mode, []), *args.opt]
@@ -130,7 +130,6 @@ def measure(pair, mode, setting, args, data):
     chosen = re.findall(r'CPU settings: ([^\n]*)', text)
     if not costs:
         sys.exit(f'error: {pair} {mode} ({setting}): no iteration logged after warm-up, see {log}')
-    batch = batch_size(pair, data, args.opt)
     return {'pair': pair, 'mode': mode, 'setting': setting, 'iterations': len(costs), 'batch_size': batch,
             'images_per_s': batch * len(costs) / sum(costs),
             'mean_iteration_s': mean(costs), 'cpu_settings': chosen[-1] if chosen else None}
@@ -218,13 +217,15 @@ def main():
             train_teacher(spec['teacher'], spec['teacher_dir'],
                           [f'dataset_dir={data[pair]}', *spec['opts'], *TEACHER_OPTS[pair]])
             spec['weights'] = os.path.join(spec['teacher_dir'], 'model_final.pdparams')
+    batches = {pair: batch_size(pair, data[pair], args.opt) for pair in args.pairs}
     results = []
     # Settings inside modes, so that each mode's settings are measured close together.
     for round_ in range(args.repeat):
         for pair in args.pairs:
             for mode in args.modes:
                 for setting in args.settings:
-                    results.append(dict(measure(pair, mode, setting, args, data[pair]), round=round_))
+                    results.append(dict(measure(pair, mode, setting, args, data[pair], batches[pair]),
+                                        round=round_))
                     r = results[-1]
                     print(f'round {round_ + 1}: {pair} {mode} ({setting}): {r["images_per_s"]:.2f} images/s over '
                           f'{r["iterations"]} iterations', flush=True)

@@ -41,21 +41,21 @@ _blas_threads = None
 
 
 @functools.lru_cache(maxsize=None)
+def _paddle_lib(filename, symbol):
+    """One of the libraries Paddle ships, if it is there with `symbol`."""
+    path = os.path.join(_LIBS, filename)
+    if not os.path.isfile(path):
+        return None
+    lib = ctypes.CDLL(path)
+    return lib if hasattr(lib, symbol) else None
+
+
 def _openmp():
-    path = os.path.join(_LIBS, 'libiomp5.so')
-    if not os.path.isfile(path):
-        return None
-    lib = ctypes.CDLL(path)
-    return lib if hasattr(lib, 'kmp_set_blocktime') else None
+    return _paddle_lib('libiomp5.so', 'kmp_set_blocktime')
 
 
-@functools.lru_cache(maxsize=None)
 def _mkl():
-    path = os.path.join(_LIBS, 'libmklml_intel.so')
-    if not os.path.isfile(path):
-        return None
-    lib = ctypes.CDLL(path)
-    return lib if hasattr(lib, 'MKL_Set_Num_Threads') else None
+    return _paddle_lib('libmklml_intel.so', 'MKL_Set_Num_Threads')
 
 
 def set_blocktime(ms):
@@ -181,22 +181,21 @@ def cpu_tuner(cfg):
     if cfg.get('use_gpu') or threads < 2:
         return None
     waits, blases = [None], [None]
-    if 'KMP_BLOCKTIME' in os.environ or _openmp() is None:
-        pass
-    elif wait is not None:
-        set_blocktime(POLICIES[wait])
-        logger.info('CPU wait policy: %s (cpu_wait in the config)', wait)
-    else:
-        waits = list(POLICIES)
-    if _mkl() is None:
-        pass
-    elif 'MKL_NUM_THREADS' in os.environ:
-        if os.environ['MKL_NUM_THREADS'].isdigit():  # kept, so that it is restored after a predictor's run
-            set_blas_threads(int(os.environ['MKL_NUM_THREADS']))
-    elif blas is not None:
-        set_blas_threads(blas)
-        logger.info('CPU BLAS threads: %d (cpu_blas_threads in the config)', blas)
-    else:
-        blases = [threads, 1]
+    if _openmp() is not None and 'KMP_BLOCKTIME' not in os.environ:
+        if wait is None:
+            waits = list(POLICIES)
+        else:
+            set_blocktime(POLICIES[wait])
+            logger.info('CPU wait policy: %s (cpu_wait in the config)', wait)
+    if _mkl() is not None:
+        user = os.environ.get('MKL_NUM_THREADS')
+        if user is not None:
+            if user.isdigit():  # kept, so that it is restored after a predictor's run
+                set_blas_threads(int(user))
+        elif blas is None:
+            blases = [threads, 1]
+        else:
+            set_blas_threads(blas)
+            logger.info('CPU BLAS threads: %d (cpu_blas_threads in the config)', blas)
     candidates = list(itertools.product(waits, blases))
     return CPUTuner(candidates) if len(candidates) > 1 else None

@@ -25,6 +25,19 @@ TINY = ['YOLOv3L2Distill.weight=0.0001', 'input_size=64', 'epoch=1', 'worker_num
 PINNED_BLAS = ['cpu_blas_threads=1']
 
 
+@pytest.fixture
+def restored_cpu_settings():
+    """Whatever a test sets, the process's CPU settings as they were after it."""
+    from ppkd import threads
+    blocktime, blas, kept = threads.get_blocktime(), threads.get_blas_threads(), threads._blas_threads
+    yield
+    if blocktime is not None:
+        threads.set_blocktime(blocktime)
+    if blas is not None:
+        threads.set_blas_threads(blas)
+    threads._blas_threads = kept
+
+
 @pytest.fixture(scope='session')
 def tiny_voc(tmp_path_factory):
     """12 generated images at 64 px, 8 for training and 4 for testing."""

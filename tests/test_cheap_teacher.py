@@ -192,7 +192,7 @@ def test_inference_teacher_takes_other_batch_and_input_sizes(tiny_voc, tiny_teac
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so')),
                     reason='Paddle built without Intel OpenMP')
-def test_inference_teacher_gives_the_student_its_threads_back(tiny_voc, tiny_teacher):
+def test_inference_teacher_gives_the_student_its_threads_back(tiny_voc, tiny_teacher, restored_cpu_settings):
     threads = int(os.environ['OMP_NUM_THREADS'])
     assert threads > 1, 'the test needs OMP_NUM_THREADS > 1'
     teacher, image = _inference_teacher(tiny_voc, tiny_teacher)
@@ -201,14 +201,9 @@ def test_inference_teacher_gives_the_student_its_threads_back(tiny_voc, tiny_tea
     teacher(image)
     assert _omp_max_threads() == threads
     if cpu_threads._mkl() is not None:  # and the BLAS threads the tuner chose
-        kept = cpu_threads._blas_threads
-        try:
-            cpu_threads.set_blas_threads(1)
-            teacher(image)
-            assert _omp_max_threads() == threads and cpu_threads.get_blas_threads() == 1
-        finally:
-            cpu_threads.set_blas_threads(threads)
-            cpu_threads._blas_threads = kept
+        cpu_threads.set_blas_threads(1)
+        teacher(image)
+        assert _omp_max_threads() == threads and cpu_threads.get_blas_threads() == 1
 
 
 @pytest.mark.skipif(not compat.inference_needs_legacy_ir(), reason='the legacy IR is only needed on Paddle 3')

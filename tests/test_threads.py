@@ -12,20 +12,8 @@ needs_iomp = pytest.mark.skipif(threads._openmp() is None, reason="Paddle's Open
 needs_mkl = pytest.mark.skipif(threads._mkl() is None, reason='Paddle has no MKL here')
 
 
-@pytest.fixture
-def restored_settings():
-    """Whatever a test sets, the process's settings as they were after it."""
-    blocktime, blas, kept = threads.get_blocktime(), threads.get_blas_threads(), threads._blas_threads
-    yield
-    if blocktime is not None:
-        threads.set_blocktime(blocktime)
-    if blas is not None:
-        threads.set_blas_threads(blas)
-    threads._blas_threads = kept
-
-
 @needs_iomp
-def test_set_blocktime_reaches_openmp(restored_settings):
+def test_set_blocktime_reaches_openmp(restored_cpu_settings):
     threads.set_blocktime(0)
     assert threads.get_blocktime() == 0
     threads.set_blocktime(200)
@@ -33,7 +21,7 @@ def test_set_blocktime_reaches_openmp(restored_settings):
 
 
 @needs_mkl
-def test_blas_threads_reach_mkl_and_survive_a_math_library_reset(restored_settings):
+def test_blas_threads_reach_mkl_and_survive_a_math_library_reset(restored_cpu_settings):
     import paddle
     threads.set_blas_threads(1)
     assert threads.get_blas_threads() == 1
@@ -46,7 +34,7 @@ def test_blas_threads_reach_mkl_and_survive_a_math_library_reset(restored_settin
 @needs_iomp
 @needs_mkl
 @pytest.mark.parametrize('fastest', [('spin', 2), ('sleep', 1), ('spin', 1)])
-def test_tuner_keeps_the_fastest_combination(fastest, restored_settings, caplog):
+def test_tuner_keeps_the_fastest_combination(fastest, restored_cpu_settings, caplog):
     candidates = [(w, b) for w in ('spin', 'sleep') for b in (2, 1)]
     tuner = threads.CPUTuner(candidates, warmup=2, rounds=3)
     seen = []
@@ -64,7 +52,7 @@ def test_tuner_keeps_the_fastest_combination(fastest, restored_settings, caplog)
     assert f'CPU settings: {fastest[0]}, {blas}, measured over 3 iterations each' in caplog.text
 
 
-def test_user_settings_fix_their_part(monkeypatch, restored_settings):
+def test_user_settings_fix_their_part(monkeypatch, restored_cpu_settings):
     cfg = {'config_path': 'x.yml'}
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
     monkeypatch.delenv('KMP_BLOCKTIME', raising=False)
