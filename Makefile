@@ -7,7 +7,7 @@
 #   make bench-fgfi         BCCD: FGFI vs the whole-map hint vs no teacher, YOLOv3 then Faster R-CNN, 3 seeds (hours on CPU)
 #   make bench-ssd          BCCD: SSD-MobileNetV1 student, no teacher / soft KL / soft KL + bounded, 3 seeds (hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
-#   make bench-throughput   images/s of the real training loops (teacher, student, ppkd, ppdet DistillModel), demo and BCCD pairs, per thread setting
+#   make bench-throughput   images/s of the real training loops (teacher, student, ppkd in float32/bf16/int8, ppdet DistillModel), demo, BCCD YOLOv3 and Faster R-CNN pairs, per thread setting
 #   make bench-teacher-routes  the teacher's routes (dygraph, Paddle Inference float32 / bfloat16): speed and mAP
 #   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
 #   make bench-camvid-unlabeled  CamVid with a quarter of the masks: no teacher / pixel KD / knowledge adaptation on labelled + raw images, 3 seeds (~2.5 h)

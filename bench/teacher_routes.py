@@ -1,9 +1,11 @@
 """The teacher's routes, each with its speed and its mAP: the frozen YOLOv3
 teacher as a distill step runs it (dygraph; Paddle Inference in float32;
-Paddle Inference with its convolutions in bfloat16), timed on training
-batches and scored on the test set through the same route.
+Paddle Inference with its convolutions in bfloat16, or quantised to int8),
+timed on training batches and scored on the test set through the same
+route. A route this CPU cannot run fast falls back to float32, as
+training would (the `runs as` column says so).
 
-    .venv/bin/python bench/teacher_routes.py [--teacher_weights W] [--routes dygraph inference bfloat16]
+    .venv/bin/python bench/teacher_routes.py [--teacher_weights W] [--routes dygraph inference bfloat16 int8]
 
 The mAP of a route is the teacher's own post-processing (YOLOv3's box
 decoding and NMS, in dygraph) on the head maps that route gives, so a route
@@ -33,6 +35,8 @@ ROUTES = {  # name: (distill overrides, label)
     'inference': (['distill.compile_teacher=inference'], 'Paddle Inference (oneDNN), float32'),
     'bfloat16': (['distill.compile_teacher=inference', 'distill.teacher_precision=bfloat16'],
                  'Paddle Inference (oneDNN), convolutions in bfloat16'),
+    'int8': (['distill.compile_teacher=inference', 'distill.teacher_precision=int8'],
+             'Paddle Inference (oneDNN), convolutions in int8 (post-training quantisation)'),
 }
 
 

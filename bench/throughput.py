@@ -8,10 +8,12 @@ pair.
     .venv/bin/python bench/throughput.py [--pairs demo bccd] [--settings default previous] [--modes ...]
 
 Pairs: `demo` (the demo's configs and data; the teacher of
-bench/demo_seeds.py) and `bccd` (the BCCD benches' YOLOv3-R34 teacher and
+bench/demo_seeds.py), `bccd` (the BCCD benches' YOLOv3-R34 teacher and
 MobileNetV1 student at their 160 px and batch 8; the teacher of
-bench/bccd_yolov3.py and bench/bccd_fgfi.py). A missing teacher is trained
-first, as its bench would. Each run trains `--epochs`
+bench/bccd_yolov3.py and bench/bccd_fgfi.py) and `bccd_frcnn` (Faster
+R-CNN R50-FPN teacher, R18-FPN student at 256 px, batch 2; the teacher of
+bench/bccd_faster_rcnn.py; ppdet has no DistillModel loss for it). A
+missing teacher is trained first, as its bench would. Each run trains `--epochs`
 epochs with every iteration logged; images/s = batch size × iterations /
 their summed wall-clock (data wait included), over the iterations after the
 first `--warmup`. Writes bench/results/throughput.{md,json}.
@@ -33,20 +35,32 @@ from ppkd.data.split import split_voc  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
 CFG = os.path.join(ROOT, 'configs')
-PAIRS = {  # name: teacher, student and distillation configs, the pair's overrides, its bench's teacher folder
+PAIRS = {  # name: teacher, student and distillation configs, the pair's overrides, its bench's teacher folder,
+    # ppdet's DistillModel loss for the same method with the ppkd loss whose weight it takes (None: ppdet has none),
+    # and what the pair is
     'demo': dict(teacher=DEMO_TEACHER, student=DEMO_STUDENT,
                  distill=os.path.join(CFG, 'demo', 'distill_fine_grained.yml'), opts=[],
-                 teacher_dir=os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher')),
+                 teacher_dir=os.path.join(ROOT, 'output', 'bench_demo_seeds', 'teacher'),
+                 ppdet=('DistillYOLOv3Loss', 'YOLOv3FineGrainedDistill'), label='the demo configs and data'),
     'bccd': dict(teacher=os.path.join(CFG, 'bccd', 'teacher_yolov3_r34.yml'),
                  student=os.path.join(CFG, 'bccd', 'student_yolov3_mobilenet_v1.yml'),
                  distill=os.path.join(CFG, 'bccd', 'distill_fine_grained.yml'),
                  opts=['input_size=160', 'TrainReader.batch_size=8', 'worker_num=2'],  # the BCCD bench's
-                 teacher_dir=os.path.join(ROOT, 'output', 'bench_bccd', 'teacher_r34')),
+                 teacher_dir=os.path.join(ROOT, 'output', 'bench_bccd', 'teacher_r34'),
+                 ppdet=('DistillYOLOv3Loss', 'YOLOv3FineGrainedDistill'),
+                 label='the BCCD bench pair (YOLOv3-R34 teacher, MobileNetV1 student, fine-grained loss)'),
+    'bccd_frcnn': dict(teacher=os.path.join(CFG, 'bccd', 'teacher_faster_rcnn_r50_fpn.yml'),
+                       student=os.path.join(CFG, 'bccd', 'student_faster_rcnn_r18_fpn.yml'),
+                       distill=os.path.join(CFG, 'bccd', 'distill_faster_rcnn.yml'),
+                       opts=['input_size=256', 'TrainReader.batch_size=2', 'worker_num=2'],  # bccd_faster_rcnn.py's
+                       teacher_dir=os.path.join(ROOT, 'output', 'bench_bccd_frcnn', 'teacher_r50_fpn'), ppdet=None,
+                       label='the BCCD Faster R-CNN pair (R50-FPN teacher, R18-FPN student, soft labels, bounded '
+                             'regression and hint)'),
 }
+PATH_KEYS = ('teacher', 'student', 'distill', 'teacher_dir', 'weights')
 # How each pair's bench trains its teacher (the same command, so either bench reuses the other's teacher).
-TEACHER_OPTS = {'demo': [], 'bccd': ['snapshot_epoch=2', *schedule(12, 50)]}
-# ppdet's DistillModel loss for the same method (ppdet's YOLOv3 fine-grained distillation).
-PPDET_LOSS = 'DistillYOLOv3Loss'
+TEACHER_OPTS = {'demo': [], 'bccd': ['snapshot_epoch=2', *schedule(12, 50)],
+                'bccd_frcnn': ['snapshot_epoch=2', *schedule(8, 100)]}
 SETTINGS = {  # environment of each run; ppkd's default: every core, its CPU tuner (wait policy, BLAS threads)
     'default': {},
     # Every core for OpenMP and MKL, Intel OpenMP's default block time: no tuner (ppkd before it).
@@ -54,22 +68,23 @@ SETTINGS = {  # environment of each run; ppkd's default: every core, its CPU tun
     'one_thread': {'OMP_NUM_THREADS': '1'},
     'blocktime0': {'KMP_BLOCKTIME': '0'},
 }
-MODES = ('teacher', 'student', 'ppkd', 'ppkd_bf16', 'ppdet')
+MODES = ('teacher', 'student', 'ppkd', 'ppkd_bf16', 'ppkd_int8', 'ppdet')
 NAMES = {'teacher': 'teacher alone (tools/train.py)', 'student': 'student alone (tools/train.py)',
          'ppkd': 'ppkd distillation (distill.py)', 'ppkd_bf16': 'ppkd distillation, teacher in bfloat16',
-         'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
-# Extra overrides of a mode's runs: ppkd with its teacher's convolutions in bfloat16.
-MODE_OPTS = {'ppkd_bf16': ['distill.teacher_precision=bfloat16']}
+         'ppkd_int8': 'ppkd distillation, teacher in int8', 'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
+# Extra overrides of a mode's runs: ppkd with its teacher's convolutions in bfloat16 or int8.
+MODE_OPTS = {'ppkd_bf16': ['distill.teacher_precision=bfloat16'],
+             'ppkd_int8': ['distill.teacher_precision=int8']}
 BATCH_COST = re.compile(r'Epoch: \[\d+\] \[\s*\d+/\d+\].* batch_cost: ([\d.]+)')
 
 
-def _command(pair, mode, out, opts):
+def _command(pair, mode, out, opts, teacher_opts):
     spec = PAIRS[pair]
     if mode in ('teacher', 'student'):
         return ['tools/train.py', '-c', spec[mode], '--output_dir', out, '-o', *opts]
     if mode.startswith('ppkd'):
         return ['slim/distillation/distill.py', '-c', spec['distill'], '-t', spec['teacher'], '--teacher_pretrained',
-                spec['weights'], '--output_dir', out, '-o', *opts]
+                spec['weights'], '--output_dir', out, '--teacher_opt', *teacher_opts, '-o', *opts]
     return ['bench/throughput.py', '--pairs', pair, '--ppdet_child', out, '--teacher_weights', spec['weights'],
             '-o', *opts]
 
@@ -85,10 +100,10 @@ def run_ppdet(pair, out, opts):
     cfg = cfgmod.load_config(spec['distill'], opts + [f'save_dir={out}'])
     slim = os.path.join(out, 'ppdet_slim.yml')
     os.makedirs(out, exist_ok=True)
-    weight = cfg['YOLOv3FineGrainedDistill']['weight']
+    ppdet_loss, ppkd_loss = spec['ppdet']
     with open(slim, 'w') as f:
-        f.write(f'_BASE_: [{spec["teacher"]}]\npretrain_weights: {spec["weights"]}\ndistill_loss: {PPDET_LOSS}\n'
-                f'{PPDET_LOSS}:\n  weight: {weight}\n')
+        f.write(f'_BASE_: [{spec["teacher"]}]\npretrain_weights: {spec["weights"]}\ndistill_loss: {ppdet_loss}\n'
+                f'{ppdet_loss}:\n  weight: {cfg[ppkd_loss]["weight"]}\n')
     # Loading the teacher's config merges its readers and data sets into the student's (the same dicts, in
     # ppdet's global config), from which ppdet's trainer creates its reader: the student's, loaded anew, are put
     # back after, so that both trainers read the same batches (size, input size, data).
@@ -120,7 +135,7 @@ def measure(pair, mode, setting, args, data, batch):
         env.pop('OMP_NUM_THREADS', None)  # ppkd's default: every core
     log = out + '.log'
     with open(log, 'w') as f:
-        code = subprocess.call([sys.executable, *_command(pair, mode, out, opts)], stdout=f,
+        code = subprocess.call([sys.executable, *_command(pair, mode, out, opts, args.teacher_opt)], stdout=f,
                                stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     with open(log) as f:
         text = f.read()
@@ -184,7 +199,8 @@ def main():
     p.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=list(PAIRS))
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     p.add_argument('--settings', nargs='+', default=['default', 'previous'], choices=list(SETTINGS))
-    p.add_argument('--epochs', type=int, default=2, help='epochs per run (demo: 30 iterations each; bccd: 36)')
+    p.add_argument('--epochs', type=int, default=2,
+                   help='epochs per run (iterations an epoch: demo 15, bccd 36, bccd_frcnn 146)')
     p.add_argument('--warmup', type=int, default=15, help="iterations left out at the start (ppkd's CPU tuner "
                    'chooses in the first 15)')
     p.add_argument('--repeat', type=int, default=1, help='rounds of every run, one round after the other')
@@ -197,6 +213,8 @@ def main():
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'throughput'))
     p.add_argument('--ppdet_child', default=None, help=argparse.SUPPRESS)
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for every run')
+    p.add_argument('--teacher_opt', nargs='*', default=[], help="extra overrides of the teacher's config in ppkd's "
+                   'runs (e.g. its num_classes for other data)')
     args = p.parse_args()
     if (args.teacher_weights or args.data) and len(args.pairs) > 1:
         sys.exit('error: --teacher_weights and --data need one --pairs value (whose teacher and data they are)')
@@ -218,11 +236,15 @@ def main():
                           [f'dataset_dir={data[pair]}', *spec['opts'], *TEACHER_OPTS[pair]])
             spec['weights'] = os.path.join(spec['teacher_dir'], 'model_final.pdparams')
     batches = {pair: batch_size(pair, data[pair], args.opt) for pair in args.pairs}
+    modes = {pair: [m for m in args.modes if m != 'ppdet' or PAIRS[pair]['ppdet']] for pair in args.pairs}
+    for pair in args.pairs:
+        if modes[pair] != args.modes:
+            print(f'{pair}: ppdet has no DistillModel loss for this method: mode ppdet skipped', file=sys.stderr)
     results = []
     # Settings inside modes, so that each mode's settings are measured close together.
     for round_ in range(args.repeat):
         for pair in args.pairs:
-            for mode in args.modes:
+            for mode in modes[pair]:
                 for setting in args.settings:
                     results.append(dict(measure(pair, mode, setting, args, data[pair], batches[pair]),
                                         round=round_))
@@ -230,17 +252,16 @@ def main():
                     print(f'round {round_ + 1}: {pair} {mode} ({setting}): {r["images_per_s"]:.2f} images/s over '
                           f'{r["iterations"]} iterations', flush=True)
     settings = {'cpu': cpu_model(), 'epochs': args.epochs, 'warmup': args.warmup, 'repeat': args.repeat,
-                'pairs': {pair: {k: v if k == 'opts' else os.path.relpath(v, ROOT) for k, v in PAIRS[pair].items()}
+                'pairs': {pair: {k: os.path.relpath(v, ROOT) if k in PATH_KEYS else v for k, v in PAIRS[pair].items()}
                           for pair in args.pairs},
-                'environments': {s: SETTINGS[s] for s in args.settings}, 'opt': args.opt}
+                'environments': {s: SETTINGS[s] for s in args.settings}, 'opt': args.opt,
+                'teacher_opt': args.teacher_opt}
     atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'results': results}, indent=1) + '\n')
-    pairs = {'demo': 'the demo configs and data', 'bccd': 'the BCCD bench pair (YOLOv3-R34 teacher, MobileNetV1 '
-             'student, fine-grained loss)'}
     note = ('Images/s of the training loop users run, data wait and logging included (the mean over '
             f'{args.repeat} round(s), each round in brackets), {args.epochs} epoch(s) per run, the first '
             f'{args.warmup} iterations left out; each run its own process, one after another; the ratios are step '
             "times (images/s the other way round), each round's runs together. CPU: " + settings['cpu'] + '. '
-            + '; '.join(f'{pair}: {pairs[pair]}, batch {next(r["batch_size"] for r in results if r["pair"] == pair)}'
+            + '; '.join(f'{pair}: {PAIRS[pair]["label"]}, batch {batches[pair]}'
                         for pair in args.pairs) + '. '
             "default: every core with ppkd's CPU tuner (wait policy × BLAS threads; ppdet's loop has none); "
             "previous: every core for OpenMP and MKL, KMP_BLOCKTIME=200 (Intel OpenMP's default), no tuner "

@@ -261,6 +261,41 @@ def legacy_ir_export(enabled):
     return paddle.pir_utils.DygraphOldIrGuard() if enabled else contextlib.nullcontext()
 
 
+def calibration_loader(feeds):
+    """The static quantiser's `data_loader` over `feeds` (feed dicts): it
+    calls what it is given for an iterator; Paddle 2.6 also asserts that it
+    is a `paddle.io.DataLoader` (whose own call iterates it)."""
+    if paddle_version() >= (3, 0):
+        return lambda: iter(feeds)
+
+    class Feeds(paddle.io.DataLoader):
+        def __init__(self):  # no data set: the feeds are ready
+            pass
+
+        def __call__(self):
+            return iter(feeds)
+
+        def __len__(self):
+            return len(feeds)
+
+    return Feeds()
+
+
+@contextlib.contextmanager
+def legacy_static_mode():
+    """Static mode on legacy programs, for the static-graph quantiser
+    (`PostTrainingQuantization`): on Paddle 3 static mode builds PIR
+    programs, which it cannot read (it loads a `.pdmodel` as PIR and fails
+    decoding it), so the legacy IR is switched on for its run."""
+    guard = paddle.pir_utils.OldIrGuard() if paddle_version() >= (3, 0) else contextlib.nullcontext()
+    with guard:
+        paddle.enable_static()
+        try:
+            yield
+        finally:
+            paddle.disable_static()
+
+
 def _zero_d_tensors():
     return paddle_version() >= (2, 5)
 

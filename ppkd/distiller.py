@@ -32,7 +32,7 @@ class Distiller(nn.Layer):
 
     `compile_teacher`: 'auto', 'inference', 'to_static' or None (dygraph),
     as `distill.compile_teacher` (see `ppkd.compiled_teacher`);
-    `teacher_precision` ('float32' or 'bfloat16') that of the predictor.
+    `teacher_precision` ('float32', 'bfloat16' or 'int8') that of the predictor.
 
     `forward(inputs, unlabeled)`: with a batch of unlabeled images, the
     student's and the teacher's image parts also run on it and every loss

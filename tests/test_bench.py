@@ -97,6 +97,10 @@ def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert routes['dygraph']['mAP'] == pytest.approx(json.loads(evaluated.stdout.strip().splitlines()[-1])['mAP'], abs=1e-6)
     assert routes['inference']['mAP'] == pytest.approx(routes['dygraph']['mAP'], abs=0.5)
+    from ppkd import compiled_teacher
+    for precision in ('bfloat16', 'int8'):  # each route runs as it says, or as float32 where the CPU lacks it
+        runs_as = precision if compiled_teacher.CPU_SUPPORT[precision][0]() else 'float32'
+        assert routes[precision]['engine'] == f'inference, {runs_as}'
 
 
 def test_throughput_times_every_mode_of_a_pair(tmp_path, tiny_voc):
@@ -131,3 +135,22 @@ def test_throughput_times_every_mode_of_a_pair(tmp_path, tiny_voc):
     bad = subprocess.run(cmd[:2] + ['--pairs', 'demo', 'bccd', '--data', tiny_voc], capture_output=True, text=True,
                          cwd=ROOT)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith('error: --teacher_weights and --data')
+
+
+def test_throughput_skips_ppdet_where_it_has_no_loss_for_the_method(tmp_path, tiny_voc, frcnn_teacher):
+    """The Faster R-CNN pair: the student and ppkd timed, ppdet's mode
+    skipped with a message (ppdet has no DistillModel loss for it)."""
+    from conftest import FRCNN_TINY, tiny_opts
+    opts = [o for o in tiny_opts(tiny_voc, *FRCNN_TINY) if not o.startswith(('dataset_dir', 'epoch', 'log_iter'))]
+    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'throughput.py'), '--pairs', 'bccd_frcnn', '--data', tiny_voc,
+           '--teacher_weights', frcnn_teacher, '--modes', 'student', 'ppkd', 'ppdet', '--settings', 'previous',
+           '--epochs', '2', '--warmup', '1', '--work_dir', str(tmp_path / 'work'), '--out', str(tmp_path / 'tp'),
+           '--teacher_opt', 'num_classes=4', '-o', *opts]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert 'bccd_frcnn: ppdet has no DistillModel loss for this method: mode ppdet skipped' in out.stderr
+    results = json.loads((tmp_path / 'tp.json').read_text())['results']
+    assert [(r['pair'], r['mode'], r['iterations']) for r in results] == [('bccd_frcnn', m, 7)
+                                                                         for m in ('student', 'ppkd')]
+    text = (tmp_path / 'tp.md').read_text()
+    assert '- bccd_frcnn, previous: ppkd step / student step' in text and 'ppdet step' not in text

@@ -77,33 +77,42 @@ def test_cheap_yolov3_teacher_gives_the_same_losses(tiny_voc, tiny_teacher, fold
         assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), k
 
 
-@pytest.mark.skipif(not compiling.bfloat16_supported(), reason='this CPU has no AVX-512 bf16')
-def test_bfloat16_teacher_gives_close_losses(tiny_voc, tiny_teacher, caplog):
+# precision → (the most its losses may differ from float32's, relative; the CPU instructions it needs)
+LOW_PRECISIONS = {'bfloat16': (0.05, 'AVX-512 bf16'), 'int8': (0.15, 'AVX-512 VNNI')}
+
+
+@pytest.mark.parametrize('precision', list(LOW_PRECISIONS))
+def test_low_precision_teacher_gives_close_losses(tiny_voc, tiny_teacher, caplog, precision):
+    if not compiling.CPU_SUPPORT[precision][0]():
+        pytest.skip(f'this CPU has no {LOW_PRECISIONS[precision][1]}')
     plain_cfgs = _yolov3_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
     batch = next(epoch_batches(build_reader(plain_cfgs[0], 'Train')))
     plain = _prepared(*plain_cfgs, tiny_teacher[1], batch)
     with caplog.at_level(logging.INFO, logger='ppkd'):
-        cheap = _prepared(*_yolov3_cfgs(tiny_voc, 'distill.teacher_precision=bfloat16'), tiny_teacher[1], batch)
-    assert cheap.compiled_teacher.engine == 'inference' and cheap.compiled_teacher.precision == 'bfloat16'
-    assert 'convolutions in bfloat16' in caplog.text
+        cheap = _prepared(*_yolov3_cfgs(tiny_voc, f'distill.teacher_precision={precision}'), tiny_teacher[1], batch)
+    assert cheap.compiled_teacher.engine == 'inference' and cheap.compiled_teacher.precision == precision
+    assert f'convolutions in {precision}' in caplog.text
     expected, got = _losses(plain, batch), _losses(cheap, batch)
     assert expected.keys() == got.keys() and expected
     differences = [abs(got[k] - expected[k]) / abs(expected[k]) for k in expected]
-    # bfloat16 rounding, not float32's agreement: close, but not equal.
-    assert max(differences) < 0.05 and max(differences) > 1e-6, differences
+    # The precision's rounding, not float32's agreement: close, but not equal.
+    assert max(differences) < LOW_PRECISIONS[precision][0] and max(differences) > 1e-6, differences
 
 
-def test_bfloat16_teacher_without_the_cpu_support_runs_in_float32(tiny_voc, tiny_teacher, monkeypatch, caplog):
-    monkeypatch.setattr(compiling, 'bfloat16_supported', lambda: False)
-    cfgs = _yolov3_cfgs(tiny_voc, 'distill.teacher_precision=bfloat16')
+@pytest.mark.parametrize('precision', list(LOW_PRECISIONS))
+def test_low_precision_teacher_without_the_cpu_support_runs_in_float32(tiny_voc, tiny_teacher, monkeypatch, caplog,
+                                                                        precision):
+    instructions = LOW_PRECISIONS[precision][1]
+    monkeypatch.setitem(compiling.CPU_SUPPORT, precision, (lambda: False, instructions))
+    cfgs = _yolov3_cfgs(tiny_voc, f'distill.teacher_precision={precision}')
     with caplog.at_level(logging.WARNING, logger='ppkd'):
         model = _prepared(*cfgs, tiny_teacher[1], next(epoch_batches(build_reader(cfgs[0], 'Train'))))
-    assert 'bfloat16 not used (this CPU has no AVX-512 bf16); float32 instead' in caplog.text
+    assert f'{precision} not used (this CPU has no {instructions}); float32 instead' in caplog.text
     assert model.compiled_teacher.engine == 'inference' and model.compiled_teacher.precision == 'float32'
 
 
 @pytest.mark.parametrize('opts,message', [
-    (['distill.teacher_precision=int4'], "teacher_precision must be one of float32, bfloat16; got 'int4'"),
+    (['distill.teacher_precision=int4'], "teacher_precision must be one of float32, bfloat16, int8; got 'int4'"),
     (['distill.teacher_precision=bfloat16', 'distill.compile_teacher=dygraph'],
      'teacher_precision bfloat16 needs the teacher on Paddle Inference')])
 def test_teacher_precision_is_checked(tiny_voc, tiny_teacher, opts, message):
