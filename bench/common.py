@@ -107,6 +107,7 @@ def train_teacher(cfg, out, opts):
     final evaluation record and training seconds."""
     weights = os.path.join(out, 'model_final.pdparams')
     if not os.path.isfile(weights):
+        os.makedirs(os.path.dirname(out), exist_ok=True)  # another bench's folder (a shared teacher) may not exist yet
         cmd = ['tools/train.py', '-c', cfg, '--eval', '--output_dir', out, '-o', *opts]
         snapshot, earlier = _cut_short(out)
         if snapshot:  # a run cut short (e.g. by a session's end) goes on from its last snapshot

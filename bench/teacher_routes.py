@@ -133,11 +133,15 @@ def write(runs, args):
     for route in args.routes:
         rs = [r for r in runs if r['route'] == route]
         median = statistics.median(r['median_s'] for r in rs)
-        summary[route] = {'median_s': median, 'mAP': rs[-1]['mAP'], 'engine': rs[-1]['engine']}
-        lines.append('| %s | %s | %.3f | %s | %s | %.2f | %s |' % (
+        # int8's scales come from each run's first (augmented) batch, so its mAP can differ from round to round.
+        scores = [r['mAP'] for r in rs]
+        mean_map = statistics.mean(scores)
+        summary[route] = {'median_s': median, 'mAP': mean_map, 'engine': rs[-1]['engine']}
+        lines.append('| %s | %s | %.3f | %s | %s | %s | %s |' % (
             ROUTES[route][1], rs[-1]['engine'], median, ', '.join('%.3f' % r['median_s'] for r in rs),
-            '%.2f×' % (median / base) if base else '', rs[-1]['mAP'],
-            '%+.2f' % (rs[-1]['mAP'] - reference['mAP']) if reference else ''))
+            '%.2f×' % (median / base) if base else '',
+            '%.2f' % mean_map + (' (%s)' % ', '.join('%.2f' % m for m in scores) if len(set(scores)) > 1 else ''),
+            '%+.2f' % (mean_map - reference['mAP']) if reference else ''))
     settings = {'cpu': cpu_model(), 'teacher': os.path.relpath(args.teacher, ROOT), 'weights': args.teacher_weights,
                 'distill_config': os.path.relpath(args.distill_config, ROOT), 'steps': args.steps,
                 'warmup': args.warmup, 'repeat': args.repeat, 'threads': os.environ.get('OMP_NUM_THREADS', 'all cores'),
@@ -145,7 +149,8 @@ def write(runs, args):
     note = (f'The teacher\'s image part as a distill step runs it, median over {args.steps} training batches after '
             f'{args.warmup} (demo reader: input size and batch of the distill config), each route in its own '
             f'process, {args.repeat} interleaved rounds; mAP (VOC, %) over the {runs[-1]["images"]} test images '
-            'through the same route (the teacher\'s own decoding and NMS on the route\'s head maps). '
+            'through the same route (the teacher\'s own decoding and NMS on the route\'s head maps), the mean over '
+            'the rounds (each in brackets where they differ). '
             f'Threads: {settings["threads"]}. CPU: {settings["cpu"]}.')
     atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'runs': runs, 'summary': summary},
                                                      indent=1) + '\n')

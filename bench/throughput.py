@@ -200,7 +200,7 @@ def main():
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     p.add_argument('--settings', nargs='+', default=['default', 'previous'], choices=list(SETTINGS))
     p.add_argument('--epochs', type=int, default=2,
-                   help='epochs per run (iterations an epoch: demo 15, bccd 36, bccd_frcnn 146)')
+                   help='epochs per run (iterations an epoch: demo 30, bccd 36, bccd_frcnn 146)')
     p.add_argument('--warmup', type=int, default=15, help="iterations left out at the start (ppkd's CPU tuner "
                    'chooses in the first 15)')
     p.add_argument('--repeat', type=int, default=1, help='rounds of every run, one round after the other')

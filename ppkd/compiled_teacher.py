@@ -43,7 +43,7 @@ logger = logging.getLogger('ppkd')
 # per precision. bfloat16 keeps 8 bits of mantissa (0.4 % per rounding), and
 # a deep network's roundings add up: 1.5-2.3 % measured on the demo teacher.
 # int8: 8-bit activations clipped at one batch's largest values; 4-10 %
-# measured on the demo teacher's head maps (its mAP 31.91 against 31.61).
+# measured on the demo teacher's head maps (its mAP 31.30-31.72 against 31.61).
 TOLERANCES = {'float32': 1e-4, 'bfloat16': 5e-2, 'int8': 0.15}
 PRECISIONS = tuple(TOLERANCES)
 # The ops run in bfloat16. Paddle 3.3.1's bf16 passes over the whole graph
@@ -315,22 +315,28 @@ def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_si
             outputs = [unique[i].numpy() for i in compiled.output_index]
         except Exception as e:  # noqa: BLE001  any failure to compile: fall back, say so
             message = str(e).strip().splitlines()[-1] if str(e).strip() else ''
-            logger.warning('teacher: %s failed (%s: %s); running it in dygraph', engine, type(e).__name__, message)
-            return None
+            why, outputs = f'{engine} failed ({type(e).__name__}: {message})', None
         finally:
             recorder.clear()
-    if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
-        logger.warning('teacher: %s returned outputs of other shapes than dygraph; running it in dygraph', engine)
-        return None
-    difference = _max_relative_difference(outputs, reference)
-    if difference > TOLERANCES[precision]:
-        logger.warning('teacher: %s (%s) outputs differ from dygraph by %.2g (relative, at most %g); running it '
-                       'in dygraph', engine, precision, difference, TOLERANCES[precision])
-        return None
-    logger.info('teacher: compiled by %s (%s), outputs within %.1g of dygraph (relative)', engine, precision,
-                difference)
-    compiled.layout = layout
-    return compiled
+    if outputs is not None:
+        why = None
+        if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
+            why = f'{engine} returned outputs of other shapes than dygraph'
+        else:
+            difference = _max_relative_difference(outputs, reference)
+            if difference > TOLERANCES[precision]:
+                why = (f'{engine} ({precision}) outputs differ from dygraph by {difference:.2g} (relative, at most '
+                       f'{TOLERANCES[precision]:g})')
+    if why is None:
+        logger.info('teacher: compiled by %s (%s), outputs within %.1g of dygraph (relative)', engine, precision,
+                    difference)
+        compiled.layout = layout
+        return compiled
+    if precision != 'float32':  # a lower precision that fails its check leaves float32's speed-up, not dygraph's
+        logger.warning('teacher: %s; float32 instead', why)
+        return compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_size)
+    logger.warning('teacher: %s; running it in dygraph', why)
+    return None
 
 
 def _main(prefix, device, threads, tensorrt_max_size, legacy_ir, precision):

@@ -239,6 +239,23 @@ def test_teacher_that_fails_to_compile_runs_in_dygraph(tiny_voc, tiny_teacher, m
     assert np.isfinite(float(model(batch)['loss']))
 
 
+@pytest.mark.parametrize('precision', list(LOW_PRECISIONS))
+def test_low_precision_teacher_that_fails_its_check_runs_in_float32(tiny_voc, tiny_teacher, monkeypatch, caplog,
+                                                                    precision):
+    """Outputs too far from dygraph in the lower precision (measured: the
+    BCCD ResNet-34 teacher in int8, 0.37) leave the float32 predictor, not
+    the dygraph teacher."""
+    if not compiling.CPU_SUPPORT[precision][0]():
+        pytest.skip(f'this CPU has no {LOW_PRECISIONS[precision][1]}')
+    monkeypatch.setitem(compiling.TOLERANCES, precision, -1.0)
+    cfgs = _yolov3_cfgs(tiny_voc, f'distill.teacher_precision={precision}')
+    with caplog.at_level(logging.WARNING, logger='ppkd'):
+        model = _prepared(*cfgs, tiny_teacher[1], next(epoch_batches(build_reader(cfgs[0], 'Train'))))
+    assert f'teacher: inference ({precision}) outputs differ from dygraph by' in caplog.text
+    assert 'float32 instead' in caplog.text and 'running it in dygraph' not in caplog.text
+    assert model.compiled_teacher.engine == 'inference' and model.compiled_teacher.precision == 'float32'
+
+
 def test_unknown_compile_engine_is_refused(tiny_voc, tiny_teacher):
     with pytest.raises(PPKDError, match="distill.compile_teacher must be one of .*got 'fast'"):
         build_distiller(*_yolov3_cfgs(tiny_voc, 'distill.compile_teacher=fast'), tiny_teacher[1])
