@@ -287,12 +287,41 @@ def _max_relative_difference(compiled, reference):
     return max(float(np.abs(c - r).max()) for c, r in zip(compiled, reference)) / scale
 
 
+def _compiled_and_checked(model, recorder, image_part, image, reference, engine, tensorrt_max_size, precision):
+    """The image part compiled in `precision` and its outputs on `image`
+    compared with dygraph's `reference`: (the compiled teacher, None), or
+    (None, why not)."""
+    program = _FeatureProgram(model, recorder, image_part)
+    program.eval()  # the traced program is the inference one
+    try:
+        compiled = (StaticTeacher(program) if engine == 'to_static' else
+                    InferenceTeacher(program, image, tensorrt_max_size, precision=precision))
+        unique = compiled(image)  # traces the program if it has not been yet
+        compiled.output_index = program.output_index
+        outputs = [unique[i].numpy() for i in compiled.output_index]
+    except Exception as e:  # noqa: BLE001  any failure to compile: fall back, say so
+        message = str(e).strip().splitlines()[-1] if str(e).strip() else ''
+        return None, f'{engine} failed ({type(e).__name__}: {message})'
+    finally:
+        recorder.clear()
+    if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
+        return None, f'{engine} returned outputs of other shapes than dygraph'
+    difference = _max_relative_difference(outputs, reference)
+    if difference > TOLERANCES[precision]:
+        return None, (f'{engine} ({precision}) outputs differ from dygraph by {difference:.2g} (relative, at most '
+                      f'{TOLERANCES[precision]:g})')
+    logger.info('teacher: compiled by %s (%s), outputs within %.1g of dygraph (relative)', engine, precision,
+                difference)
+    return compiled, None
+
+
 def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_size=0, precision='float32'):
     """The teacher's image part (`ppkd.teacher.TEACHER_FORWARDS`) compiled
     by `engine` ('to_static' or 'inference'; `precision` 'bfloat16' or
     'int8' for the latter on a CPU that has it), checked on `inputs` against
     the dygraph teacher; returns the compiled teacher or None after a
-    warning saying why not."""
+    warning saying why not. A lower precision that fails is tried again in
+    float32, which keeps the compiled teacher's speed-up over dygraph."""
     image = inputs['image']
     on_gpu = paddle.get_device().startswith('gpu')
     if precision != 'float32' and (on_gpu or not CPU_SUPPORT[precision][0]()):
@@ -305,38 +334,16 @@ def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_si
         layout = _layout(recorder)
         reference = [o.numpy() for o in _collected(recorder)] + [f.numpy() for f in feats]
         recorder.clear()
-        program = _FeatureProgram(model, recorder, image_part)
-        program.eval()  # the traced program is the inference one
-        try:
-            compiled = (StaticTeacher(program) if engine == 'to_static' else
-                        InferenceTeacher(program, image, tensorrt_max_size, precision=precision))
-            unique = compiled(image)  # traces the program if it has not been yet
-            compiled.output_index = program.output_index
-            outputs = [unique[i].numpy() for i in compiled.output_index]
-        except Exception as e:  # noqa: BLE001  any failure to compile: fall back, say so
-            message = str(e).strip().splitlines()[-1] if str(e).strip() else ''
-            why, outputs = f'{engine} failed ({type(e).__name__}: {message})', None
-        finally:
-            recorder.clear()
-    if outputs is not None:
-        why = None
-        if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
-            why = f'{engine} returned outputs of other shapes than dygraph'
-        else:
-            difference = _max_relative_difference(outputs, reference)
-            if difference > TOLERANCES[precision]:
-                why = (f'{engine} ({precision}) outputs differ from dygraph by {difference:.2g} (relative, at most '
-                       f'{TOLERANCES[precision]:g})')
-    if why is None:
-        logger.info('teacher: compiled by %s (%s), outputs within %.1g of dygraph (relative)', engine, precision,
-                    difference)
-        compiled.layout = layout
-        return compiled
-    if precision != 'float32':  # a lower precision that fails its check leaves float32's speed-up, not dygraph's
-        logger.warning('teacher: %s; float32 instead', why)
-        return compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_size)
-    logger.warning('teacher: %s; running it in dygraph', why)
-    return None
+        attempt = (model, recorder, image_part, image, reference, engine, tensorrt_max_size)
+        compiled, why = _compiled_and_checked(*attempt, precision)
+        if why is not None and precision != 'float32':
+            logger.warning('teacher: %s; float32 instead', why)
+            compiled, why = _compiled_and_checked(*attempt, 'float32')
+    if why is not None:
+        logger.warning('teacher: %s; running it in dygraph', why)
+        return None
+    compiled.layout = layout
+    return compiled
 
 
 def _main(prefix, device, threads, tensorrt_max_size, legacy_ir, precision):
