@@ -14,7 +14,7 @@ depends on the machine and the model:
   time of 0 (2.48 vs 0.95 s); on another, 0 was the slower (1.35 vs 1.00 s).
 
 So the trainer times each combination in the first iterations of the run,
-interleaved, and keeps the fastest. The OpenMP thread count never changes.
+interleaved, until the fastest stands out (`CPUTuner`), and keeps it. The OpenMP thread count never changes.
 The BLAS thread count can change the last bits of a GEMM's sums, so a run
 whose choice differs from another's can differ in those bits: pin it
 (`cpu_blas_threads: N`, or MKL_NUM_THREADS) for bitwise-repeatable runs.
@@ -104,22 +104,27 @@ def _name(candidate):
 
 class CPUTuner:
     """Times each candidate (wait policy, BLAS threads) — None leaves that
-    setting alone — over `rounds` interleaved iterations after `warmup` ones,
-    then keeps the fastest for the rest of the run.
+    setting alone — in interleaved iterations after `warmup` ones, then
+    keeps the fastest for the rest of the run.
+
+    Iteration times are noisy (the reader, the machine), and 3 iterations
+    each once chose BLAS on 2 threads at 0.404 s against 0.476 for 1 on a
+    model whose steps then took 0.545 s with 2 and ~0.36 s with 1. So from
+    `rounds` iterations each on, a candidate is dropped once every one of
+    its times is slower than every one of the leader's (the lowest median):
+    for two candidates of the same speed that happens by chance once in 20
+    with 3 times each. The rest go on alternating until one is left or each
+    has `max_rounds`, then the lowest median wins.
 
     `begin(iteration)` before a step, `end(iteration, seconds)` after it,
     with the iteration's whole time (data wait included)."""
 
-    def __init__(self, candidates, warmup=3, rounds=3):
-        self.candidates, self.warmup, self.rounds = list(candidates), warmup, rounds
+    def __init__(self, candidates, warmup=3, rounds=3, max_rounds=10):
+        self.candidates, self.warmup, self.rounds, self.max_rounds = list(candidates), warmup, rounds, max_rounds
         self.times = {c: [] for c in self.candidates}
+        self.racing = list(self.candidates)
         self.chosen = None
-
-    def _candidate(self, iteration):
-        k = iteration - self.warmup
-        if self.chosen is not None or k < 0 or k >= self.rounds * len(self.candidates):
-            return None
-        return self.candidates[k % len(self.candidates)]
+        self._current = None  # the candidate timed in this iteration
 
     @staticmethod
     def _apply(candidate):
@@ -130,21 +135,37 @@ class CPUTuner:
             set_blas_threads(blas)
 
     def begin(self, iteration):
-        candidate = self._candidate(iteration)
-        if candidate is not None:
-            self._apply(candidate)
+        self._current = None
+        if self.chosen is not None or iteration < self.warmup:
+            return
+        # Round-robin over the candidates still racing: the one with fewest times next.
+        self._current = min(self.racing, key=lambda c: len(self.times[c]))
+        self._apply(self._current)
 
     def end(self, iteration, seconds):
-        candidate = self._candidate(iteration)
-        if candidate is None:
+        if self._current is None:
             return
-        self.times[candidate].append(seconds)
-        if all(len(t) == self.rounds for t in self.times.values()):
-            medians = {c: statistics.median(t) for c, t in self.times.items()}
-            self.chosen = min(medians, key=medians.get)
-            self._apply(self.chosen)
-            logger.info('CPU settings: %s, measured over %d iterations each: %s', _name(self.chosen), self.rounds,
-                        '; '.join(f'{_name(c)} {m:.3f} s' for c, m in medians.items()))
+        self.times[self._current].append(seconds)
+        counts = {len(self.times[c]) for c in self.racing}
+        if len(counts) > 1 or counts.pop() < self.rounds:
+            return
+        medians = {c: statistics.median(self.times[c]) for c in self.racing}
+        leader = min(medians, key=medians.get)
+        slowest = max(self.times[leader])
+        self.racing = [c for c in self.racing if c == leader or min(self.times[c]) <= slowest]
+        if len(self.racing) == 1 or len(self.times[leader]) >= self.max_rounds:
+            self._choose(leader)
+
+    def _choose(self, leader):
+        self.chosen = leader
+        self._apply(leader)
+        timed = '; '.join(f'{_name(c)} {statistics.median(t):.3f} s ({len(t)})' for c, t in self.times.items())
+        if len(self.racing) == 1:
+            logger.info('CPU settings: %s, faster than the others (median, iterations timed): %s', _name(leader), timed)
+        else:
+            logger.info('CPU settings: %s, the lowest median, not told apart from %s in %d iterations each '
+                        '(median, iterations timed): %s', _name(leader),
+                        ' or '.join(_name(c) for c in self.racing if c != leader), len(self.times[leader]), timed)
 
 
 def _fixed(cfg, key, allowed, parse):

@@ -49,7 +49,52 @@ def test_tuner_keeps_the_fastest_combination(fastest, restored_cpu_settings, cap
     assert seen[2:14] == candidates * 3
     assert set(seen[14:]) == {fastest}
     blas = f'BLAS {fastest[1]} thread' + ('s' if fastest[1] > 1 else '')
-    assert f'CPU settings: {fastest[0]}, {blas}, measured over 3 iterations each' in caplog.text
+    assert f'CPU settings: {fastest[0]}, {blas}, faster than the others' in caplog.text
+
+
+def _race(tuner, times_of, iterations):
+    """Run the tuner over `iterations`, each candidate's k-th timed
+    iteration taking times_of[candidate][k] (its last value after those)."""
+    seen = []
+    for it in range(iterations):
+        tuner.begin(it)
+        current = tuner._current or tuner.chosen
+        k = sum(1 for c in seen if c == current)
+        seen.append(current)
+        tuner.end(it, 1.0 if current is None else times_of[current][min(k, len(times_of[current]) - 1)])
+    return seen
+
+
+def test_tuner_is_not_fooled_by_a_slow_start():
+    # What a run once did: the faster setting's first iterations slow, the
+    # slower one's fast; 3 each chose the slower. Overlapping times keep
+    # both racing; their medians over more iterations tell them apart.
+    one, two = (None, 1), (None, 2)
+    times_of = {one: [0.50, 0.48, 0.36, 0.35, 0.36, 0.35, 0.37, 0.36],
+                two: [0.40, 0.41, 0.55, 0.52, 0.50, 0.53, 0.51, 0.55]}
+    old_rule = {c: sorted(t[:3])[1] for c, t in times_of.items()}
+    assert min(old_rule, key=old_rule.get) == two
+    tuner = threads.CPUTuner([one, two], warmup=0, rounds=3, max_rounds=10)
+    tuner._apply = lambda candidate: None
+    seen = _race(tuner, times_of, 40)
+    assert tuner.chosen == one
+    # One thread's two slow starts overlap two threads' times for good, so
+    # the race runs its 10 iterations each and the medians decide.
+    assert seen[:20] == [one, two] * 10 and set(seen[20:]) == {one}
+
+
+def test_tuner_drops_a_clear_loser_and_goes_on_with_a_tie(caplog):
+    a, b, slow = ('spin', 1), ('sleep', 1), ('spin', 2)
+    times_of = {a: [1.00, 1.02, 0.98], b: [1.01, 0.99, 1.00], slow: [1.5]}
+    tuner = threads.CPUTuner([a, b, slow], warmup=1, rounds=3, max_rounds=6)
+    tuner._apply = lambda candidate: None
+    with caplog.at_level('INFO'):
+        seen = _race(tuner, times_of, 30)
+    assert seen[1:10] == [a, b, slow] * 3
+    assert seen[10:16] == [a, b] * 3  # the tie raced on, without the loser
+    assert tuner.chosen in (a, b) and set(seen[16:]) == {tuner.chosen}
+    assert [len(tuner.times[c]) for c in (a, b, slow)] == [6, 6, 3]
+    assert 'in 6 iterations each' in caplog.text and 'not told apart from' in caplog.text
 
 
 def test_user_settings_fix_their_part(monkeypatch, restored_cpu_settings):
