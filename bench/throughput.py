@@ -16,7 +16,7 @@ bench/bccd_faster_rcnn.py; ppdet has no DistillModel loss for it). A
 missing teacher is trained first, as its bench would. Each run trains `--epochs`
 epochs with every iteration logged; images/s = batch size × iterations /
 their summed wall-clock (data wait included), over the iterations after the
-first `--warmup`. Writes bench/results/throughput.{md,json}.
+first `--warmup` (or after ppkd's CPU tuner has chosen, when that is later). Writes bench/results/throughput.{md,json}.
 """
 import argparse
 import json
@@ -141,13 +141,15 @@ def measure(pair, mode, setting, args, data, batch):
         text = f.read()
     if code:
         sys.exit(f'error: {pair} {mode} ({setting}) failed (exit {code}), see {log}')
-    costs = [float(c) for c in BATCH_COST.findall(text)][args.warmup:]
-    chosen = re.findall(r'CPU settings: ([^\n]*)', text)
+    chosen = list(re.finditer(r'CPU settings: ([^\n]*)', text))
+    # The tuner races on while candidates' times overlap: the iterations up to its choice are left out too.
+    tuned = len(BATCH_COST.findall(text, 0, chosen[-1].start())) + 1 if chosen else 0
+    costs = [float(c) for c in BATCH_COST.findall(text)][max(args.warmup, tuned):]
     if not costs:
         sys.exit(f'error: {pair} {mode} ({setting}): no iteration logged after warm-up, see {log}')
     return {'pair': pair, 'mode': mode, 'setting': setting, 'iterations': len(costs), 'batch_size': batch,
             'images_per_s': batch * len(costs) / sum(costs),
-            'mean_iteration_s': mean(costs), 'cpu_settings': chosen[-1] if chosen else None}
+            'mean_iteration_s': mean(costs), 'cpu_settings': chosen[-1].group(1) if chosen else None}
 
 
 def batch_size(pair, data, opts):
@@ -201,8 +203,8 @@ def main():
     p.add_argument('--settings', nargs='+', default=['default', 'previous'], choices=list(SETTINGS))
     p.add_argument('--epochs', type=int, default=2,
                    help='epochs per run (iterations an epoch: demo 30, bccd 36, bccd_frcnn 146)')
-    p.add_argument('--warmup', type=int, default=15, help="iterations left out at the start (ppkd's CPU tuner "
-                   'chooses in the first 15)')
+    p.add_argument('--warmup', type=int, default=15, help='iterations left out at the start, or up to the choice '
+                   "of ppkd's CPU tuner when it chooses later")
     p.add_argument('--repeat', type=int, default=1, help='rounds of every run, one round after the other')
     p.add_argument('--teacher_weights', default=None, help="the teacher's weights (one pair only); default: the "
                    "pair's bench teacher, trained first if missing")
@@ -259,7 +261,8 @@ def main():
     atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'results': results}, indent=1) + '\n')
     note = ('Images/s of the training loop users run, data wait and logging included (the mean over '
             f'{args.repeat} round(s), each round in brackets), {args.epochs} epoch(s) per run, the first '
-            f'{args.warmup} iterations left out; each run its own process, one after another; the ratios are step '
+            f'{args.warmup} iterations left out (or those up to the CPU tuner\'s choice, if later); each run its '
+            'own process, one after another; the ratios are step '
             "times (images/s the other way round), each round's runs together. CPU: " + settings['cpu'] + '. '
             + '; '.join(f'{pair}: {PAIRS[pair]["label"]}, batch {batches[pair]}'
                         for pair in args.pairs) + '. '
