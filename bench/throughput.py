@@ -68,12 +68,16 @@ SETTINGS = {  # environment of each run; ppkd's default: every core, its CPU tun
     'one_thread': {'OMP_NUM_THREADS': '1'},
     'blocktime0': {'KMP_BLOCKTIME': '0'},
 }
-MODES = ('teacher', 'student', 'ppkd', 'ppkd_bf16', 'ppkd_int8', 'ppdet')
+MODES = ('teacher', 'student', 'ppkd', 'ppkd_no_reuse', 'ppkd_bf16', 'ppkd_int8', 'ppdet')
 NAMES = {'teacher': 'teacher alone (tools/train.py)', 'student': 'student alone (tools/train.py)',
-         'ppkd': 'ppkd distillation (distill.py)', 'ppkd_bf16': 'ppkd distillation, teacher in bfloat16',
+         'ppkd': 'ppkd distillation (distill.py)',
+         'ppkd_no_reuse': 'ppkd distillation, teacher outputs not reused (the teacher runs every step)',
+         'ppkd_bf16': 'ppkd distillation, teacher in bfloat16',
          'ppkd_int8': 'ppkd distillation, teacher in int8', 'ppdet': "ppdet DistillModel (ppdet's Trainer)"}
-# Extra overrides of a mode's runs: ppkd with its teacher's convolutions in bfloat16 or int8.
-MODE_OPTS = {'ppkd_bf16': ['distill.teacher_precision=bfloat16'],
+# Extra overrides of a mode's runs: ppkd with its teacher's convolutions in bfloat16 or int8, or running it every
+# step where its outputs could be read back (a reader whose images are the same every epoch: --fixed_reader).
+MODE_OPTS = {'ppkd_no_reuse': ['distill.reuse_teacher_outputs=false'],
+             'ppkd_bf16': ['distill.teacher_precision=bfloat16'],
              'ppkd_int8': ['distill.teacher_precision=int8']}
 BATCH_COST = re.compile(r'Epoch: \[\d+\] \[\s*\d+/\d+\].* batch_cost: ([\d.]+)')
 
@@ -116,6 +120,28 @@ def run_ppdet(pair, out, opts):
         Trainer(cfg, mode='train').train()
 
 
+def fixed_reader_opts(pair, data, opts):
+    """Overrides giving the pair's TrainReader without its random
+    transforms (BatchRandomResize at its last size, fixed interpolation):
+    a reader whose images are the same every epoch."""
+    from ppkd import config as cfgmod
+    from ppkd.teacher_cache import random_transform
+    spec = PAIRS[pair]
+    reader = cfgmod.load_config(spec['distill'], [f'dataset_dir={data}', *spec['opts'], *opts])['TrainReader']
+    overrides = []
+    for key in ('sample_transforms', 'batch_transforms'):
+        kept = []
+        for transform in reader.get(key) or []:
+            (name, params), = transform.items()
+            params = dict(params or {})
+            if name == 'BatchRandomResize':
+                params.update(target_size=params['target_size'][-1:], random_interp=False)
+            if random_transform(name, params) is None:
+                kept.append({name: params})
+        overrides.append(f'TrainReader.{key}={json.dumps(kept)}')
+    return overrides
+
+
 def pair_data(pair, dataset):
     """The folder the pair's runs read, shared with the pair's bench: the
     demo's generated data, or BCCD's official split."""
@@ -126,10 +152,10 @@ def pair_data(pair, dataset):
     return lists
 
 
-def measure(pair, mode, setting, args, data, batch):
+def measure(pair, mode, setting, args, data, batch, reader_opts=()):
     out = tempfile.mkdtemp(prefix=f'{pair}_{mode}_{setting}_', dir=args.work_dir)
     opts = [f'dataset_dir={data}', *PAIRS[pair]['opts'], f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}',
-            'log_iter=1', *MODE_OPTS.get(mode, []), *args.opt]
+            'log_iter=1', *reader_opts, *MODE_OPTS.get(mode, []), *args.opt]
     env = {**os.environ, **SETTINGS[setting]}
     if setting != 'one_thread':
         env.pop('OMP_NUM_THREADS', None)  # ppkd's default: every core
@@ -206,6 +232,8 @@ def main():
     p.add_argument('--warmup', type=int, default=15, help='iterations left out at the start, or up to the choice '
                    "of ppkd's CPU tuner when it chooses later")
     p.add_argument('--repeat', type=int, default=1, help='rounds of every run, one round after the other')
+    p.add_argument('--fixed_reader', action='store_true', help="every run reads the pair's TrainReader without its "
+                   'random transforms, so that ppkd reuses the teacher\'s outputs from epoch to epoch')
     p.add_argument('--teacher_weights', default=None, help="the teacher's weights (one pair only); default: the "
                    "pair's bench teacher, trained first if missing")
     p.add_argument('--dataset', default=BCCD, help="BCCD's folder (the bccd pair)")
@@ -238,6 +266,7 @@ def main():
                           [f'dataset_dir={data[pair]}', *spec['opts'], *TEACHER_OPTS[pair]])
             spec['weights'] = os.path.join(spec['teacher_dir'], 'model_final.pdparams')
     batches = {pair: batch_size(pair, data[pair], args.opt) for pair in args.pairs}
+    readers = {pair: fixed_reader_opts(pair, data[pair], args.opt) if args.fixed_reader else [] for pair in args.pairs}
     modes = {pair: [m for m in args.modes if m != 'ppdet' or PAIRS[pair]['ppdet']] for pair in args.pairs}
     for pair in args.pairs:
         if modes[pair] != args.modes:
@@ -248,7 +277,7 @@ def main():
         for pair in args.pairs:
             for mode in modes[pair]:
                 for setting in args.settings:
-                    results.append(dict(measure(pair, mode, setting, args, data[pair], batches[pair]),
+                    results.append(dict(measure(pair, mode, setting, args, data[pair], batches[pair], readers[pair]),
                                         round=round_))
                     r = results[-1]
                     print(f'round {round_ + 1}: {pair} {mode} ({setting}): {r["images_per_s"]:.2f} images/s over '
@@ -256,7 +285,7 @@ def main():
     settings = {'cpu': cpu_model(), 'epochs': args.epochs, 'warmup': args.warmup, 'repeat': args.repeat,
                 'pairs': {pair: {k: os.path.relpath(v, ROOT) if k in PATH_KEYS else v for k, v in PAIRS[pair].items()}
                           for pair in args.pairs},
-                'environments': {s: SETTINGS[s] for s in args.settings}, 'opt': args.opt,
+                'environments': {s: SETTINGS[s] for s in args.settings}, 'opt': args.opt, 'reader_opts': readers,
                 'teacher_opt': args.teacher_opt}
     atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'results': results}, indent=1) + '\n')
     note = ('Images/s of the training loop users run, data wait and logging included (the mean over '
@@ -266,7 +295,10 @@ def main():
             "times (images/s the other way round), each round's runs together. CPU: " + settings['cpu'] + '. '
             + '; '.join(f'{pair}: {PAIRS[pair]["label"]}, batch {batches[pair]}'
                         for pair in args.pairs) + '. '
-            "default: every core with ppkd's CPU tuner (wait policy × BLAS threads; ppdet's loop has none); "
+            + ("Every run's TrainReader without its random transforms (BatchRandomResize at one size, fixed "
+               "interpolation), the same images every epoch: ppkd reuses the teacher's outputs from the second "
+               'epoch on; ppkd_no_reuse runs the teacher every step. ' if args.fixed_reader else '')
+            + "default: every core with ppkd's CPU tuner (wait policy × BLAS threads; ppdet's loop has none); "
             "previous: every core for OpenMP and MKL, KMP_BLOCKTIME=200 (Intel OpenMP's default), no tuner "
             '(ppkd before it); one_thread: OMP_NUM_THREADS=1; blocktime0: KMP_BLOCKTIME=0. Settings ppkd chose: '
             + '; '.join(f'{r["pair"]} {r["mode"]}/{r["setting"]} (round {r["round"] + 1}): {r["cpu_settings"]}'

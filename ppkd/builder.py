@@ -179,11 +179,32 @@ def build_distiller(student_cfg, teacher_cfg, teacher_weights, check_teacher=Fal
                      tensorrt_max_size=int(section.get('teacher_tensorrt_max_size', 0)),
                      schedule=schedule, balance=balance,
                      unlabeled_weight=None if unlabeled is None else float(unlabeled.get('weight', 1.)),
-                     labeled_weight=float(section.get('labeled_weight', 1.)), teacher_precision=precision)
+                     labeled_weight=float(section.get('labeled_weight', 1.)), teacher_precision=precision,
+                     reuse_teacher_outputs=_reuse_teacher_outputs(student_cfg, section, segmentation))
+
+
+def _reuse_teacher_outputs(cfg, section, segmentation):
+    """`distill.reuse_teacher_outputs` (default true), where the training
+    images are the same every epoch (`ppkd.teacher_cache`)."""
+    wanted = section.get('reuse_teacher_outputs', True)
+    if not isinstance(wanted, bool):
+        raise PPKDError(f'{cfg["config_path"]}: distill.reuse_teacher_outputs must be true or false; got {wanted!r}')
+    if not wanted:
+        return False
+    if segmentation:
+        logger.info('teacher: outputs not kept from epoch to epoch (detectors only)')
+        return False
+    changing = task_of(cfg).random_transforms()
+    if changing:
+        logger.info('teacher: runs on every batch (TrainReader transforms that change images between epochs: %s)',
+                    ', '.join(changing))
+        return False
+    logger.info('teacher: outputs kept per image from epoch to epoch (the TrainReader transforms are deterministic)')
+    return True
 
 
 DISTILL_KEYS = ('losses', 'fold_teacher_bn', 'compile_teacher', 'teacher_precision', 'teacher_tensorrt_max_size',
-                'unlabeled', 'labeled_weight',
+                'reuse_teacher_outputs', 'unlabeled', 'labeled_weight',
                 *SCHEDULE_KEYS)
 
 

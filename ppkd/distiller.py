@@ -14,6 +14,7 @@ from ppkd.errors import PPKDError
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.tasks.detection import DetectionTask
+from ppkd.teacher_cache import TeacherOutputCache
 from ppkd.teacher import freeze, run_for_features
 from ppkd.utils import hold_outside_tree
 
@@ -33,6 +34,9 @@ class Distiller(nn.Layer):
     `compile_teacher`: 'auto', 'inference', 'to_static' or None (dygraph),
     as `distill.compile_teacher` (see `ppkd.compiled_teacher`);
     `teacher_precision` ('float32', 'bfloat16' or 'int8') that of the predictor.
+    `reuse_teacher_outputs`: keep the teacher's outputs per image and read
+    them back in later epochs (for readers whose images are the same every
+    epoch: `ppkd.teacher_cache`).
 
     `forward(inputs, unlabeled)`: with a batch of unlabeled images, the
     student's and the teacher's image parts also run on it and every loss
@@ -46,7 +50,7 @@ class Distiller(nn.Layer):
 
     def __init__(self, student, teacher, losses, fold_teacher_bn=False, compile_teacher='auto',
                  tensorrt_max_size=0, schedule=None, balance=None, unlabeled_weight=None, labeled_weight=1.,
-                 task=None, teacher_precision='float32'):
+                 task=None, teacher_precision='float32', reuse_teacher_outputs=False):
         super().__init__()
         self.task = task or DetectionTask(None)
         self.labeled_weight = float(labeled_weight)
@@ -63,6 +67,11 @@ class Distiller(nn.Layer):
         self.student = student
         self.teacher = freeze(teacher)
         self._teacher_forwards = self.task.teacher_forwards(teacher)
+        # The teacher's outputs per image, on unlabeled images (True) and on labelled ones (False; not where its
+        # second part reads the student's outputs), when kept from epoch to epoch.
+        reads_student = bool(self._teacher_forwards) and self._teacher_forwards[1] is not None
+        self._output_caches = {} if not reuse_teacher_outputs else {
+            True: TeacherOutputCache(), **({} if reads_student else {False: TeacherOutputCache()})}
         # The student's image part, for unlabeled images (looked up here, outside traced code).
         self._student_image_part = (self.task.teacher_forwards(student) or (None, None))[0]
         self.distill_losses = nn.LayerList(losses)
@@ -105,6 +114,9 @@ class Distiller(nn.Layer):
             self._fold_teacher(inputs)
         if self._compile_pending:
             self._compile_teacher(inputs, in_program)
+        if in_program and self._output_caches:
+            logger.info('teacher: outputs not kept from epoch to epoch (the teacher runs inside the compiled step)')
+            self._output_caches.clear()
 
     def _compile_teacher(self, inputs, in_program):
         engine, self._compile_pending = self._compile_pending, False
@@ -210,7 +222,25 @@ class Distiller(nn.Layer):
 
     def run_teacher(self, inputs, image_part_only=False):
         """The teacher's part of a step: its recorder filled for `inputs`
-        (with `image_part_only`, not the part that reads the student)."""
+        (with `image_part_only`, not the part that reads the student); read
+        back from `reuse_teacher_outputs`'s store when it holds every image."""
+        cache = self._output_caches.get(image_part_only)
+        if cache is None:
+            self._run_teacher(inputs, image_part_only)
+            return
+        ids = self.task.image_ids(inputs)
+        held = cache.lookup(ids)
+        if held is not None:
+            if cache.hits == 1:
+                logger.info('teacher: outputs read back for images seen in an earlier epoch')
+            self.teacher_recorder.outputs = held
+            return
+        self._run_teacher(inputs, image_part_only)
+        if not cache.store(ids, self.teacher_recorder.outputs):
+            logger.info('teacher: outputs not kept (not one row per image)')
+            self._output_caches.clear()
+
+    def _run_teacher(self, inputs, image_part_only):
         names = set(self.teacher_recorder.names)
         if self.compiled_teacher is not None:
             try:

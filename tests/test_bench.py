@@ -155,3 +155,23 @@ def test_throughput_skips_ppdet_where_it_has_no_loss_for_the_method(tmp_path, ti
                                                                          for m in ('student', 'ppkd')]
     text = (tmp_path / 'tp.md').read_text()
     assert '- bccd_frcnn, previous: ppkd step / student step' in text and 'ppdet step' not in text
+
+
+def test_throughput_fixed_reader_keeps_the_pairs_reader_without_its_random_transforms(tiny_voc):
+    """--fixed_reader: the pair's own TrainReader, its random transforms
+    left out, so that ppkd reuses the teacher's outputs (its ppkd_no_reuse
+    mode does not)."""
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import throughput
+    from ppkd import config as cfgmod
+    from ppkd.teacher_cache import random_transforms
+    spec = throughput.PAIRS['demo']
+    given = cfgmod.load_config(spec['distill'], [f'dataset_dir={tiny_voc}'])['TrainReader']
+    fixed = cfgmod.load_config(spec['distill'], [f'dataset_dir={tiny_voc}',
+                                                 *throughput.fixed_reader_opts('demo', tiny_voc, [])])
+    assert random_transforms(fixed) == []
+    names = lambda key, reader: [next(iter(t)) for t in reader[key]]  # noqa: E731
+    assert names('sample_transforms', fixed['TrainReader']) == ['Decode']
+    assert names('batch_transforms', fixed['TrainReader']) == names('batch_transforms', given)
+    assert fixed['TrainReader']['batch_transforms'][-1] == given['batch_transforms'][-1]  # the YOLO targets as given
+    assert throughput.MODE_OPTS['ppkd_no_reuse'] == ['distill.reuse_teacher_outputs=false']

@@ -6,6 +6,7 @@ from ppkd import config as cfgmod
 from ppkd.data.loader import build_reader, build_unlabeled_reader, epoch_batches
 from ppkd.engine.evaluator import evaluate
 from ppkd.teacher import TEACHER_FORWARDS
+from ppkd.teacher_cache import random_transforms
 
 
 class DetectionTask:
@@ -27,6 +28,15 @@ class DetectionTask:
     @staticmethod
     def images(batch):
         return batch['image']
+
+    @staticmethod
+    def image_ids(batch):
+        """The dataset's id of each image in `batch`."""
+        return [int(i) for i in batch['im_id'].numpy().reshape(-1)]
+
+    def random_transforms(self):
+        """What makes the training images differ between epochs (empty: nothing)."""
+        return random_transforms(self.cfg)
 
     @staticmethod
     def teacher_forwards(teacher):
