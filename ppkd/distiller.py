@@ -225,18 +225,19 @@ class Distiller(nn.Layer):
         (with `image_part_only`, not the part that reads the student); read
         back from `reuse_teacher_outputs`'s store when it holds every image."""
         cache = self._output_caches.get(image_part_only)
-        if cache is None:
-            self._run_teacher(inputs, image_part_only)
-            return
-        ids = self.task.image_ids(inputs)
-        held = cache.lookup(ids)
+        ids = None if cache is None else self.task.image_ids(inputs)
+        if cache is not None and ids is None:
+            logger.info('teacher: outputs not kept (the batch has no image ids)')
+            self._output_caches.clear()
+            cache = None
+        held = None if cache is None else cache.lookup(ids)
         if held is not None:
             if cache.hits == 1:
                 logger.info('teacher: outputs read back for images seen in an earlier epoch')
             self.teacher_recorder.outputs = held
             return
         self._run_teacher(inputs, image_part_only)
-        if not cache.store(ids, self.teacher_recorder.outputs):
+        if cache is not None and not cache.store(ids, self.teacher_recorder.outputs):
             logger.info('teacher: outputs not kept (not one row per image)')
             self._output_caches.clear()
 

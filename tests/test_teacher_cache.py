@@ -72,10 +72,31 @@ def test_cache_stops_storing_at_its_size_and_says_so(caplog):
     assert sorted(cache.entries) == [0, 1, 2]
 
 
-def _distill_terms(tmp_path, tiny_voc, tiny_teacher, unlabeled_dir, reuse, caplog):
-    cfg, weights = tiny_teacher
+def _fixed_reader_config(tmp_path):
     student = tmp_path / 'student.yml'
     student.write_text(json.dumps({'_BASE_': [DISTILL], 'TrainReader': DETERMINISTIC_READER}))
+    return student
+
+
+def test_a_batch_read_back_and_one_without_image_ids(tiny_voc, tiny_teacher, tmp_path, caplog):
+    from ppkd.builder import build_distiller
+    from ppkd.data.loader import build_reader, epoch_batches
+    cfg = cfgmod.load_config(str(_fixed_reader_config(tmp_path)),
+                             tiny_opts(tiny_voc, 'distill.compile_teacher=dygraph'))
+    model = build_distiller(cfg, cfgmod.load_config(tiny_teacher[0], tiny_opts(tiny_voc)), tiny_teacher[1])
+    model.train()
+    batch = next(epoch_batches(build_reader(cfg, 'Train')))
+    with caplog.at_level('INFO'):
+        first, again = float(model(batch)['distill_l2']), float(model(batch)['distill_l2'])
+        assert 'outputs read back' in caplog.text and again == pytest.approx(first, rel=1e-6)
+        del batch['im_id']
+        assert float(model(batch)['distill_l2']) == pytest.approx(first, rel=1e-6)
+    assert 'teacher: outputs not kept (the batch has no image ids)' in caplog.text and not model._output_caches
+
+
+def _distill_terms(tmp_path, tiny_voc, tiny_teacher, unlabeled_dir, reuse, caplog):
+    cfg, weights = tiny_teacher
+    student = _fixed_reader_config(tmp_path)
     out = tmp_path / f'reuse_{reuse}'
     opts = tiny_opts(tiny_voc, 'epoch=3', f'distill.reuse_teacher_outputs={str(reuse).lower()}',
                      f'distill.unlabeled={{image_dir: {unlabeled_dir}, batch_size: 3, weight: 0.5}}', *PINNED_BLAS)

@@ -31,8 +31,8 @@ class DetectionTask:
 
     @staticmethod
     def image_ids(batch):
-        """The dataset's id of each image in `batch`."""
-        return [int(i) for i in batch['im_id'].numpy().reshape(-1)]
+        """The dataset's id of each image in `batch` (None: the batch has none)."""
+        return None if 'im_id' not in batch else [int(i) for i in batch['im_id'].numpy().reshape(-1)]
 
     def random_transforms(self):
         """What makes the training images differ between epochs (empty: nothing)."""
