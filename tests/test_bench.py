@@ -98,9 +98,14 @@ def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
     assert routes['dygraph']['mAP'] == pytest.approx(json.loads(evaluated.stdout.strip().splitlines()[-1])['mAP'], abs=1e-6)
     assert routes['inference']['mAP'] == pytest.approx(routes['dygraph']['mAP'], abs=0.5)
     from ppkd import compiled_teacher
-    for precision in ('bfloat16', 'int8'):  # each route runs as it says, or as float32 where the CPU lacks it
+    for precision in ('bfloat16', 'int8'):  # each route runs as it says, or as float32 where the CPU lacks it...
         runs_as = precision if compiled_teacher.CPU_SUPPORT[precision][0]() else 'float32'
-        assert routes[precision]['engine'] == f'inference, {runs_as}'
+        engine, warnings = routes[precision]['engine'], routes[precision]['warnings']
+        # ... or where its outputs failed the check against dygraph (int8's scales come from the augmented first
+        # batch: the tiny teacher's are at times over the tolerance), saying so in the table.
+        failed = [w for w in warnings if f'({precision}) outputs differ from dygraph' in w]
+        assert engine == f'inference, {runs_as}' or (engine == 'inference, float32' and failed)
+        assert all(w in (tmp_path / 'routes.md').read_text() for w in warnings)
 
 
 def test_throughput_times_every_mode_of_a_pair(tmp_path, tiny_voc):
