@@ -67,11 +67,12 @@ class Distiller(nn.Layer):
         self.student = student
         self.teacher = freeze(teacher)
         self._teacher_forwards = self.task.teacher_forwards(teacher)
-        # The teacher's outputs per image, on unlabeled images (True) and on labelled ones (False; not where its
-        # second part reads the student's outputs), when kept from epoch to epoch.
+        # The teacher's outputs per image, when kept from epoch to epoch: on labelled images (not where its second
+        # part reads the student's outputs) and on unlabeled ones. Two attributes, not a dict: Paddle 2.6's
+        # to_static translator fails on a dict lookup in the traced step.
         reads_student = bool(self._teacher_forwards) and self._teacher_forwards[1] is not None
-        self._output_caches = {} if not reuse_teacher_outputs else {
-            True: TeacherOutputCache(), **({} if reads_student else {False: TeacherOutputCache()})}
+        self._labelled_outputs = TeacherOutputCache() if reuse_teacher_outputs and not reads_student else None
+        self._unlabeled_outputs = TeacherOutputCache() if reuse_teacher_outputs else None
         # The student's image part, for unlabeled images (looked up here, outside traced code).
         self._student_image_part = (self.task.teacher_forwards(student) or (None, None))[0]
         self.distill_losses = nn.LayerList(losses)
@@ -114,9 +115,9 @@ class Distiller(nn.Layer):
             self._fold_teacher(inputs)
         if self._compile_pending:
             self._compile_teacher(inputs, in_program)
-        if in_program and self._output_caches:
+        if in_program and (self._labelled_outputs or self._unlabeled_outputs):
             logger.info('teacher: outputs not kept from epoch to epoch (the teacher runs inside the compiled step)')
-            self._output_caches.clear()
+            self._stop_keeping_outputs()
 
     def _compile_teacher(self, inputs, in_program):
         engine, self._compile_pending = self._compile_pending, False
@@ -224,11 +225,11 @@ class Distiller(nn.Layer):
         """The teacher's part of a step: its recorder filled for `inputs`
         (with `image_part_only`, not the part that reads the student); read
         back from `reuse_teacher_outputs`'s store when it holds every image."""
-        cache = self._output_caches.get(image_part_only)
+        cache = self._unlabeled_outputs if image_part_only else self._labelled_outputs
         ids = None if cache is None else self.task.image_ids(inputs)
         if cache is not None and ids is None:
             logger.info('teacher: outputs not kept (the batch has no image ids)')
-            self._output_caches.clear()
+            self._stop_keeping_outputs()
             cache = None
         held = None if cache is None else cache.lookup(ids)
         if held is not None:
@@ -239,7 +240,10 @@ class Distiller(nn.Layer):
         self._run_teacher(inputs, image_part_only)
         if cache is not None and not cache.store(ids, self.teacher_recorder.outputs):
             logger.info('teacher: outputs not kept (not one row per image)')
-            self._output_caches.clear()
+            self._stop_keeping_outputs()
+
+    def _stop_keeping_outputs(self):
+        self._labelled_outputs = self._unlabeled_outputs = None
 
     def _run_teacher(self, inputs, image_part_only):
         names = set(self.teacher_recorder.names)
