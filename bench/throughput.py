@@ -16,7 +16,8 @@ bench/bccd_faster_rcnn.py; ppdet has no DistillModel loss for it). A
 missing teacher is trained first, as its bench would. Each run trains `--epochs`
 epochs with every iteration logged; images/s = batch size × iterations /
 their summed wall-clock (data wait included), over the iterations after the
-first `--warmup` (or after ppkd's CPU tuner has chosen, when that is later). Writes bench/results/throughput.{md,json}.
+first `--warmup` (or after ppkd's CPU tuner has chosen, when that is
+later). Writes bench/results/throughput.{md,json}.
 """
 import argparse
 import json

@@ -32,12 +32,10 @@ def random_transform(name, params):
     """Why transform `name` with `params` can change an image from epoch to epoch, or None."""
     if name == 'BatchRandomResize':
         sizes = params.get('target_size', [])
-        if len(sizes) != 1 or params.get('random_interp', False):
-            return f'{name} with {len(sizes)} sizes' if len(sizes) != 1 else f'{name} with random_interp'
-        return None
-    if name not in DETERMINISTIC:
-        return name
-    return None
+        if len(sizes) != 1:
+            return f'{name} with {len(sizes)} sizes'
+        return f'{name} with random_interp' if params.get('random_interp', False) else None
+    return None if name in DETERMINISTIC else name
 
 
 def random_transforms(cfg):
@@ -74,7 +72,7 @@ class TeacherOutputCache:
 
     def lookup(self, ids):
         entries = [self.entries.get(i) for i in ids]
-        if any(e is None for e in entries) or any(_shapes(e) != _shapes(entries[0]) for e in entries[1:]):
+        if any(e is None for e in entries) or len({tuple(_shapes(e)) for e in entries}) > 1:
             self.misses += 1
             return None
         self.hits += 1

@@ -14,9 +14,10 @@ depends on the machine and the model:
   time of 0 (2.48 vs 0.95 s); on another, 0 was the slower (1.35 vs 1.00 s).
 
 So the trainer times each combination in the first iterations of the run,
-interleaved, until the fastest stands out (`CPUTuner`), and keeps it. The OpenMP thread count never changes.
-The BLAS thread count can change the last bits of a GEMM's sums, so a run
-whose choice differs from another's can differ in those bits: pin it
+interleaved, until the fastest stands out (`CPUTuner`), and keeps it. The
+OpenMP thread count never changes. The BLAS thread count can change the
+last bits of a GEMM's sums, so a run whose choice differs from another's
+can differ in those bits: pin it
 (`cpu_blas_threads: N`, or MKL_NUM_THREADS) for bitwise-repeatable runs.
 
 A user's own KMP_BLOCKTIME / MKL_NUM_THREADS (or `cpu_wait: spin|sleep`,
