@@ -106,7 +106,9 @@ def train_teacher(cfg, out, opts):
     """Train the teacher into `out` once; later runs reuse it. Returns its
     final evaluation record and training seconds."""
     weights = os.path.join(out, 'model_final.pdparams')
-    if not os.path.isfile(weights):
+    if os.path.isfile(weights):
+        _check_teacher_epochs(out, opts)
+    else:
         os.makedirs(os.path.dirname(out), exist_ok=True)  # another bench's folder (a shared teacher) may not exist yet
         cmd = ['tools/train.py', '-c', cfg, '--eval', '--output_dir', out, '-o', *opts]
         snapshot, earlier = _cut_short(out)
@@ -122,6 +124,17 @@ def train_teacher(cfg, out, opts):
     evals, _ = read_metrics(out)
     with open(os.path.join(out, 'train_seconds')) as f:
         return evals[-1], float(f.read())
+
+
+def _check_teacher_epochs(out, opts):
+    """A finished teacher is reused only for the schedule it was trained
+    on: a comparison asking for more epochs must not be handed a shorter
+    teacher, nor its students' runs (whose commands name the same weights)."""
+    asked = [int(o[len('epoch='):]) for o in opts if o.startswith('epoch=')]
+    trained = max((r['epoch'] for rows in read_metrics(out) for r in rows), default=-1) + 1
+    if asked and asked[-1] != trained:
+        sys.exit(f'error: {out} holds a teacher trained {trained} epochs, not the {asked[-1]} asked for: '
+                 'give this comparison its own --work_dir')
 
 
 def _cut_short(out):

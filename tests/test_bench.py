@@ -76,6 +76,24 @@ def test_a_run_cut_short_goes_on_from_its_last_snapshot(tmp_path):
     assert not (tmp_path / 'run_seed0.log.part1').exists() and not (out / '3.pdstate').exists()
 
 
+def test_a_finished_teacher_is_reused_only_for_its_own_epochs(tmp_path):
+    """bench/common.train_teacher: a comparison asking for a longer teacher
+    than the folder holds stops with an error instead of reusing it."""
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    from common import train_teacher
+    out = tmp_path / 'teacher'
+    out.mkdir()
+    (out / 'model_final.pdparams').write_text('')
+    (out / 'train_seconds').write_text('60\n')
+    rows = [{'type': 'train', 'epoch': e, 'iteration': e} for e in range(3)]
+    rows.append({'type': 'eval', 'epoch': 2, 'iteration': 3, 'mAP': 50.})
+    (out / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    assert train_teacher('unused.yml', str(out), ['input_size=64', 'epoch=3']) == (rows[-1], 60.)
+    assert train_teacher('unused.yml', str(out), ['input_size=64']) == (rows[-1], 60.)
+    with pytest.raises(SystemExit, match='trained 3 epochs, not the 6 asked for'):
+        train_teacher('unused.yml', str(out), ['epoch=6'])
+
+
 def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
     """Each teacher route is timed and scored; the dygraph route's mAP is
     the teacher's own evaluation (tools/eval.py) of the same weights."""
