@@ -5,6 +5,7 @@ import os
 import paddle
 
 from ppkd.errors import PPKDError
+from ppkd.recorders import OutputRecorder
 
 
 def _weights_path(path):
@@ -137,3 +138,14 @@ def run_for_features(model, forwards, inputs, student_outputs, names):
     feats = image_part(model, inputs, names)
     if rest is not None:
         rest(model, feats, inputs, student_outputs, names)
+
+
+def feature_sizes(model, layers, image):
+    """(H, W) of each named layer's output on `image` [1, 3, H, W], from
+    the image part of the model's forward."""
+    recorder = OutputRecorder(model, layers, 'student')
+    with paddle.no_grad():
+        TEACHER_FORWARDS[type(model).__name__][0](model, {'image': image}, set(layers))
+    sizes = [tuple(recorder.outputs[n][-1].shape[2:]) for n in layers]
+    recorder.remove()
+    return sizes

@@ -94,6 +94,22 @@ def test_a_finished_teacher_is_reused_only_for_its_own_epochs(tmp_path):
         train_teacher('unused.yml', str(out), ['epoch=6'])
 
 
+@pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not found')
+def test_mask_coverage_shrinks_as_psi_rises(tmp_path):
+    """bench/mask_coverage.py: a higher ψ keeps a subset of the cells, so
+    no level's share may rise with it."""
+    out = tmp_path / 'coverage'
+    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'mask_coverage.py'), '--configs',
+           'distill_fgfi_yolov3.yml=64', '--psi', '0.3', '0.7', '--out', str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row, = json.load(open(str(out) + '.json'))['rows']
+    low, high = row['share_kept']['0.3'], row['share_kept']['0.7']
+    assert len(low) == len(row['levels']) == 3
+    assert all(0 < h <= l_ <= 1 for l_, h in zip(low, high)) and high != low
+    assert '| distill_fgfi_yolov3.yml | 64 px | 0.7 |' in open(str(out) + '.md').read()
+
+
 def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
     """Each teacher route is timed and scored; the dygraph route's mAP is
     the teacher's own evaluation (tools/eval.py) of the same weights."""

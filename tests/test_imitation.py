@@ -243,7 +243,7 @@ def test_show_imitation_mask_writes_a_png(tiny_voc, tmp_path, capsys):
     picture = cv2.imread(str(out))
     assert picture is not None and picture.shape[1] == 3 * picture.shape[0] - 3 * 22
     printed = capsys.readouterr().out
-    assert 'neck[2] 8x8' in printed and 'psi 0.3' in printed
+    assert 'neck[2] 8x8' in printed and '% of the map), psi 0.3' in printed
     assert run_script('tools/show_imitation_mask.py', ['-c', os.path.join(CONFIGS, 'bccd', 'distill_fgfi_yolov3.yml'),
                                                        '--image', str(tmp_path / 'none.jpg')]) == 2
     assert 'error: file not found' in capsys.readouterr().err

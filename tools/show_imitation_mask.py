@@ -22,8 +22,7 @@ from ppkd.cli import main_guard
 from ppkd.data.voc import parse_voc_xml
 from ppkd.errors import PPKDError
 from ppkd.losses.imitation import FineGrainedImitation
-from ppkd.recorders import OutputRecorder
-from ppkd.teacher import TEACHER_FORWARDS
+from ppkd.teacher import feature_sizes
 from ppkd.utils import atomic_write_png
 
 
@@ -42,17 +41,6 @@ def _loss_from(cfg, psi):
         return FineGrainedImitation(**section)
     except TypeError as e:
         raise PPKDError(f'{cfg["config_path"]}: FineGrainedImitation: {e}') from None
-
-
-def feature_sizes(model, layers, image):
-    """(H, W) of each named layer's output on `image` [1, 3, H, W]."""
-    recorder = OutputRecorder(model, layers, 'student')
-    image_part = TEACHER_FORWARDS[type(model).__name__][0]
-    with paddle.no_grad():
-        image_part(model, {'image': image}, set(layers))
-    sizes = [tuple(recorder.outputs[n][-1].shape[2:]) for n in layers]
-    recorder.remove()
-    return sizes
 
 
 def draw_panels(image_bgr, boxes, masks, titles):
@@ -113,8 +101,8 @@ def main(argv=None):
     picture = draw_panels(resized, boxes, masks, titles)
     output = args.output or os.path.splitext(os.path.basename(args.image))[0] + '_imitation_mask.png'
     atomic_write_png(output, picture)
-    for title in titles:
-        print(title)
+    for name, (h, w), m in zip(loss.student_layers, sizes, masks):
+        print(f'{name} {h}x{w}: {int(m.sum())} cells ({100 * m.mean():.0f} % of the map), psi {loss.psi:g}')
     print(f'written to {output}')
 
 
