@@ -36,20 +36,21 @@ def coverage(config, size, annotations, psis):
     cfg = cfgmod.load_config(os.path.join(ROOT, 'configs', 'bccd', config), [f'input_size={size}'])
     model = build_model(cfg)
     model.eval()
-    shares = {}
-    for psi in psis:
-        loss = FineGrainedImitation(psi=psi)
+    losses = {psi: FineGrainedImitation(psi=psi) for psi in psis}
+    for loss in losses.values():
         loss.use_anchors_of(model)
-        sizes = feature_sizes(model, loss.student_layers, paddle.zeros([1, 3, size, size]))
+    layers = loss.student_layers  # the same for every ψ: the student's
+    sizes = feature_sizes(model, layers, paddle.zeros([1, 3, size, size]))
+    # Boxes in the square input's pixels, as the readers resize the images.
+    scaled = [ann['boxes'] * np.array([size / ann['w'], size / ann['h']] * 2, np.float32) for ann in annotations]
+    shares = {}
+    for psi, loss in losses.items():
         per_level = [[] for _ in sizes]
-        for ann in annotations:
-            boxes = ann['boxes'] * np.array([size / ann['w'], size / ann['h']] * 2, np.float32)
-            masks = loss.masks_for_boxes(paddle.to_tensor(boxes[None]), paddle.ones([1, len(boxes)], dtype='bool'),
-                                         size, sizes)
-            for level, m in zip(per_level, masks):
+        for boxes in scaled:
+            for level, m in zip(per_level, loss.image_masks(boxes, size, sizes)):
                 level.append(float(m.mean()))
         shares[psi] = [mean(level) for level in per_level]
-    return shares, [f'{name} {h}x{w}' for name, (h, w) in zip(loss.student_layers, sizes)]
+    return shares, [f'{name} {h}x{w}' for name, (h, w) in zip(layers, sizes)]
 
 
 def main():
@@ -69,8 +70,9 @@ def main():
         shares, levels = coverage(config, int(size), annotations, args.psi)
         rows.append({'config': config, 'input_size': int(size), 'levels': levels,
                      'share_kept': {str(psi): s for psi, s in shares.items()}})
-    lines = ['| config | input | ψ | ' + ' | '.join(f'level {i}' for i in range(max(len(r['levels']) for r in rows)))
-             + ' |', '|---|---|---|' + '---|' * max(len(r['levels']) for r in rows)]
+    most_levels = max(len(r['levels']) for r in rows)
+    lines = ['| config | input | ψ | ' + ' | '.join(f'level {i}' for i in range(most_levels)) + ' |',
+             '|---|---|---|' + '---|' * most_levels]
     for r in rows:
         for psi, s in r['share_kept'].items():
             lines.append(f"| {r['config']} | {r['input_size']} px | {psi} | "

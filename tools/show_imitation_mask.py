@@ -93,9 +93,7 @@ def main(argv=None):
     resized = cv2.resize(original, (size, size))
     image = paddle.to_tensor(resized[None, :, :, ::-1].transpose(0, 3, 1, 2).astype('float32') / 255.)
     sizes = feature_sizes(model, loss.student_layers, image)
-    masks = loss.masks_for_boxes(paddle.to_tensor(boxes[None]), paddle.ones([1, len(boxes)], dtype='bool'),
-                                 size, sizes)
-    masks = [m[0].numpy() for m in masks]
+    masks = loss.image_masks(boxes, size, sizes)
     titles = [f'{name} {h}x{w}: {int(m.sum())} cells, psi {loss.psi:g}'
               for name, (h, w), m in zip(loss.student_layers, sizes, masks)]
     picture = draw_panels(resized, boxes, masks, titles)

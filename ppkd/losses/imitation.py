@@ -243,6 +243,13 @@ class FineGrainedImitation(DistillLoss):
             masks.append(imitation_masks(anchors, boxes, valid, h, w, self.psi))
         return masks
 
+    def image_masks(self, boxes, image_size, sizes):
+        """`masks_for_boxes` for one square image's pixel boxes [G, 4] (NumPy),
+        as NumPy [H, W] masks: the tools' view of a single image."""
+        masks = self.masks_for_boxes(paddle.to_tensor(boxes[None]), paddle.ones([1, len(boxes)], dtype='bool'),
+                                     image_size, sizes)
+        return [m[0].numpy() for m in masks]
+
     def forward(self, student, teacher, inputs):
         s_feats, t_feats = self.gather(student, teacher)
         adapted = [adapter(s) for adapter, s in zip(self.adapters, s_feats)]
