@@ -39,7 +39,7 @@ def coverage(config, size, annotations, psis):
     losses = {psi: FineGrainedImitation(psi=psi) for psi in psis}
     for loss in losses.values():
         loss.use_anchors_of(model)
-    layers = loss.student_layers  # the same for every ψ: the student's
+    layers = losses[psis[0]].student_layers  # the same for every ψ: the student's
     sizes = feature_sizes(model, layers, paddle.zeros([1, 3, size, size]))
     # Boxes in the square input's pixels, as the readers resize the images.
     scaled = [ann['boxes'] * np.array([size / ann['w'], size / ann['h']] * 2, np.float32) for ann in annotations]
