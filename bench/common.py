@@ -41,6 +41,12 @@ def _recorded_cmd(path):
         return json.load(f)
 
 
+def finished(cmd, out):
+    """Whether `out` holds a finished run of `cmd`."""
+    done = _recorded_cmd(os.path.join(out, 'bench_run.json'))
+    return bool(done and done['cmd'] == cmd)
+
+
 def run_once(cmd, out, threads=None):
     """`run`, unless `out` holds a finished run of the same command (its
     seconds and outcome are kept in out/bench_run.json). A run of the same
@@ -192,6 +198,8 @@ def comparison_args(description, work_name, out_name, input_size, batch_size, te
                    help='student runs at a time (each on its share of the CPU threads), in seed then method order')
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides for the student runs')
     p.add_argument('--teacher_opt', nargs='*', default=[], help='extra overrides for the teacher run')
+    p.add_argument('--finished_only', action='store_true',
+                   help='train nothing: write the results of the runs of --methods × --seeds that have finished')
     return p
 
 
@@ -225,6 +233,8 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
               f'snapshot_epoch={args.snapshot_epoch}', 'worker_num=2']
     teacher_dir = os.path.join(args.work_dir, teacher_dir)
     teacher_cfg = os.path.join(cfg_dir, teacher_cfg)
+    if args.finished_only and not os.path.isfile(os.path.join(teacher_dir, 'model_final.pdparams')):
+        sys.exit(f'error: --finished_only: no trained teacher in {teacher_dir}')
     teacher_eval, teacher_seconds = train_teacher(teacher_cfg, teacher_dir,
                                                   [*common, *schedule(args.teacher_epochs, warmup_steps),
                                                    *args.teacher_opt])
@@ -241,14 +251,17 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
             if script.startswith('slim'):
                 cmd += ['-t', teacher_cfg, '--teacher_pretrained', os.path.join(teacher_dir, 'model_final.pdparams')]
             cmd += ['-o', *common, *schedule(args.student_epochs, warmup_steps), *extra, *args.opt]
-            jobs.append((method, seed, cmd, run_dir))
+            if not args.finished_only or finished(cmd, run_dir):
+                jobs.append((method, seed, cmd, run_dir))
+    if args.finished_only and not jobs:
+        sys.exit(f'error: --finished_only: none of these runs has finished in {args.work_dir}')
     order = [(seed, method) for seed in args.seeds for method in args.methods]
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = [pool.submit(run_student, *job, teacher_eval['per_class'], threads) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
             results['runs'].append(future.result())
             results['runs'].sort(key=lambda r: order.index((r['seed'], r['method'])))
-            write(results, args.out, teacher_label, title)
+            write(results, args.out, f'{teacher_label}, {args.teacher_epochs} epochs', title)
 
 
 def write(results, out, teacher_label, title, baseline='no teacher'):

@@ -4,7 +4,7 @@ in its own process (so each has its own peak RSS), on the same batches.
 
     .venv/bin/python bench/step_time.py [--distill_config configs/bccd/distill_fine_grained.yml]
         [--teacher configs/bccd/teacher_yolov3_r34.yml] [--teacher_weights W] [--input_size 320]
-        [--batch_size 2] [--steps 20] [--warmup 3] [--repeat 1] [--modes ...] [--json] [--save NAME]
+        [--batch_size 2] [--steps 20] [--warmup 3] [--repeat 1] [--modes ...] [--breakdown] [--json] [--save NAME]
 
 Steps are timed on batches loaded beforehand (median over `--steps` after
 `--warmup`): forward, backward, optimizer update, as ppkd's trainer does
@@ -13,7 +13,9 @@ Paddle Inference) and in its other forms (dygraph, BatchNorm folded,
 to_static). The data loader is timed apart, batches per second with
 `--workers` processes, with and without shared memory, to show whether it
 keeps up with the step. `--repeat N` runs every mode N times, interleaved,
-and reports each run. Without `--teacher_weights` the teacher has random
+and reports each run. `--breakdown` also times the parts of ppkd's step
+(student forward, teacher image part and the part on the student's
+outputs, each loss, backward and update). Without `--teacher_weights` the teacher has random
 weights whose BatchNorm statistics are first calibrated on the data
 (timing does not depend on the weights' values, but unnormalised
 activations would overflow).
@@ -90,9 +92,11 @@ def _batches(cfg, n):
     return out
 
 
-def _time_steps(step, batches, warmup):
+def _time_steps(step, batches, warmup, after_warmup=None):
     for batch in batches[:warmup]:
         step(batch)
+    if after_warmup:
+        after_warmup()
     times, cpu = [], []
     for batch in batches[warmup:]:
         tic, cpu_tic = time.perf_counter(), time.process_time()
@@ -103,15 +107,41 @@ def _time_steps(step, batches, warmup):
     return times, sum(cpu) / sum(times)
 
 
-def _train_step(model, optimizer, amp):
+def _train_step(model, optimizer, amp, update=apply_gradients):
     scaler = amp_scaler(amp)
 
     def step(batch):
         with paddle.amp.auto_cast(enable=amp):
             loss = model(batch)['loss']
         float(loss)  # the trainer reads the loss (its finiteness check) before the update
-        apply_gradients(loss, optimizer, scaler)
+        update(loss, optimizer, scaler)
     return step
+
+
+def _time_parts(distiller):
+    """Wrap the parts of ppkd's distill step with timers: {part: [seconds
+    of each call]}, and the timed update (backward, optimizer) to step with."""
+    parts = {}
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            tic = time.perf_counter()
+            out = fn(*args, **kwargs)
+            parts.setdefault(name, []).append(time.perf_counter() - tic)
+            return out
+        return run
+    task = distiller.task
+    task.student_loss = timed('student forward and detection loss', task.student_loss)
+    if distiller.compiled_teacher is not None:
+        compiled = distiller.compiled_teacher
+        compiled.record = timed(f'teacher image part ({compiled.engine})', compiled.record)
+    image_part, rest = distiller._teacher_forwards or (None, None)
+    if image_part is not None:
+        distiller._teacher_forwards = (timed('teacher image part (dygraph)', image_part),
+                                       rest and timed('teacher part on the student\'s outputs', rest))
+    for loss in distiller.distill_losses:
+        loss.forward = timed(f'loss {type(loss).__name__}', loss.forward)
+    return parts, timed('backward and update', apply_gradients)
 
 
 def _teacher_form(distiller):
@@ -174,7 +204,14 @@ def measure(mode, args):
             model.train()
             model.prepare_teacher(batches[0])
             result.update(_teacher_form(model))
-            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
+            if args.breakdown:
+                parts, update = _time_parts(model)
+                times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp, update), batches,
+                                           args.warmup, after_warmup=parts.clear)
+                result['parts_mean_s'] = {k: sum(v) / len(times) for k, v in parts.items()}
+            else:
+                times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches,
+                                           args.warmup)
         elif mode == 'ppdet':
             model = _ppdet_distill_model(student_cfg, args)
             times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), amp),
@@ -270,7 +307,10 @@ def table(results, args):
                   if repeated else f', {args.steps} steps after {args.warmup} warm-up')
                + (f', teacher weights {args.weights_given}' if args.weights_given else
                   ', random teacher weights with data-calibrated BatchNorm statistics'))
-    return '\n'.join(lines + [''] + [f'- {r}' for r in ratios] + ['', setting]) + '\n'
+    breakdown = ['%s, mean seconds a step: %s; the rest (recording, the step\'s own sums) %.3f' % (
+        MODES[r['mode']], '; '.join('%s %.3f' % kv for kv in r['parts_mean_s'].items()),
+        r['mean_s'] - sum(r['parts_mean_s'].values())) for r in results if r.get('parts_mean_s')]
+    return '\n'.join(lines + [''] + [f'- {r}' for r in ratios + breakdown] + ['', setting]) + '\n'
 
 
 def main():
@@ -288,6 +328,8 @@ def main():
     p.add_argument('--amp', action='store_true', help='mixed precision (GPU only)')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
     p.add_argument('-o', '--opt', nargs='*', default=[], help='extra overrides of the student/distill config')
+    p.add_argument('--breakdown', action='store_true',
+                   help="ppkd's modes: also the mean time a step spends in each of its parts")
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.add_argument('--save', default=None, help='write bench/results/NAME.{md,json}')
     p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: measure one mode
@@ -313,7 +355,7 @@ def main():
                        args.teacher_weights, '--input_size', str(args.input_size), '--batch_size', str(args.batch_size),
                        '--steps', str(args.steps), '--warmup', str(args.warmup), '--workers', str(args.workers),
                        '--tmp', tmp, '--lists', args.lists, '--num_classes', str(args.num_classes or 0)] + \
-                      (['--amp'] if args.amp else []) + \
+                      (['--amp'] if args.amp else []) + (['--breakdown'] if args.breakdown else []) + \
                       (['-o', *args.opt] if args.opt else [])
         runs = {mode: [] for mode in modes}
         for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every mode

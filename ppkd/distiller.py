@@ -193,8 +193,10 @@ class Distiller(nn.Layer):
     def begin_step(self, iteration, total_iters, steps_per_epoch):
         """Set every loss's weight for this iteration (outside the compiled step)."""
         factor = self.schedule.factor(iteration, total_iters, steps_per_epoch)
+        progress = min(1., iteration / max(total_iters - 1, 1))
         for loss in self.distill_losses:
             loss.step_weight.set_value(paddle.full([], loss.weight * factor, 'float32'))
+            loss.set_progress(progress)
 
     def end_step(self, iteration, outputs):
         """Calibrate `weight: auto` losses from this step's unweighted terms."""

@@ -12,7 +12,7 @@ from conftest import BCCD, ROOT
 
 def test_step_time_runs_and_reports_json(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'bench', 'step_time.py'), '--input_size', '64', '--steps', '2',
-           '--warmup', '0', '--modes', 'student', 'ppkd', 'ppdet', 'teacher', '--json', '--dataset',
+           '--warmup', '0', '--modes', 'student', 'ppkd', 'ppdet', 'teacher', '--breakdown', '--json', '--dataset',
            BCCD if os.path.isdir(BCCD) else str(tmp_path / 'none')]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -22,6 +22,10 @@ def test_step_time_runs_and_reports_json(tmp_path):
     for r in payload['results']:
         assert r['steps'] == 2 and r['median_s'] > 0 and r['peak_rss_mb'] > 100
     assert payload['settings']['input_size'] == 64
+    parts = payload['results'][1]['parts_mean_s']  # ppkd's step, part by part
+    assert {'student forward and detection loss', 'loss YOLOv3FineGrainedDistill', 'backward and update'} <= set(parts)
+    assert any(p.startswith('teacher image part') for p in parts)
+    assert 0 < sum(parts.values()) <= payload['results'][1]['mean_s']
 
 
 def test_demo_runs_end_to_end_and_reports_the_gap(tmp_path):
@@ -92,6 +96,41 @@ def test_a_finished_teacher_is_reused_only_for_its_own_epochs(tmp_path):
     assert train_teacher('unused.yml', str(out), ['input_size=64']) == (rows[-1], 60.)
     with pytest.raises(SystemExit, match='trained 3 epochs, not the 6 asked for'):
         train_teacher('unused.yml', str(out), ['epoch=6'])
+
+
+def test_finished_only_writes_the_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    """bench/common.run_comparison --finished_only: of the methods × seeds
+    asked for, only the runs recorded finished reach the table (an arm run
+    on fewer seeds keeps its row); nothing is trained, a missing teacher is
+    an error."""
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import common
+    methods = {'no teacher': ('tools/train.py', 'student.yml', []), 'soft': ('slim/x.py', 'distill.yml', [])}
+    parser = common.comparison_args('t', 'w', 'o', input_size=64, batch_size=2, teacher_epochs=1, student_epochs=1,
+                                    seeds=[0, 1], methods=methods)
+    monkeypatch.setattr(common, 'split_voc', lambda *a, **k: None)
+    args = parser.parse_args(['--work_dir', str(tmp_path / 'work'), '--out',
+                              str(tmp_path / 'results'), '--finished_only'])
+    with pytest.raises(SystemExit, match='error: --finished_only: no trained teacher in'):
+        common.run_comparison(args, str(tmp_path), 'teacher.yml', 'teacher', methods, 'T', 'title')
+    teacher = tmp_path / 'work' / 'teacher'
+    teacher.mkdir(parents=True)
+    (teacher / 'model_final.pdparams').write_text('')
+    monkeypatch.setattr(common, 'train_teacher', lambda *a: ({'mAP': 50., 'per_class': {}}, 1.))
+    calls = []
+    monkeypatch.setattr(common, 'run_student', lambda method, seed, cmd, out, *a: calls.append((method, seed, cmd, out))
+                        or {'method': method, 'seed': seed})
+    monkeypatch.setattr(common, 'write', lambda *a: None)
+    args.finished_only = False
+    common.run_comparison(args, str(tmp_path), 'teacher.yml', 'teacher', methods, 'T', 'title')
+    assert len(calls) == 4
+    method, seed, cmd, out = calls[1]  # soft, seed 0
+    os.makedirs(out)
+    common.atomic_write_text(os.path.join(out, 'bench_run.json'), json.dumps({'cmd': cmd, 'seconds': 1, 'error': None}))
+    calls.clear()
+    args.finished_only = True
+    common.run_comparison(args, str(tmp_path), 'teacher.yml', 'teacher', methods, 'T', 'title')
+    assert [(m, s) for m, s, _, _ in calls] == [('soft', 0)]
 
 
 @pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not found')

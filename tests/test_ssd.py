@@ -1,6 +1,7 @@
 """SSD: training on the pinned stack (the hard-mining type-promotion fix),
 the weighted soft KL against NumPy, SSDDistill on MultiBox's sample, the
 prior-mismatch refusal, and an end-to-end distill.py run."""
+import json
 import os
 
 import numpy as np
@@ -73,15 +74,23 @@ def test_ssd_training_needs_the_hard_mining_fix(tiny_voc):
         model(batch)
 
 
-def test_ssd_distill_terms_on_multibox_sample(tiny_voc, ssd_teacher):
-    """μ scales the student's own confidence loss; the soft term is the
-    weighted KL over the student's positives and mined negatives, the
-    bounded term the teacher-bounded L2 over its positives, both / positives:
-    recomputed here in NumPy from the recorded maps."""
-    student_cfg = _cfg('distill_ssd.yml', tiny_voc, 'SSDDistill.nu=1.0', 'SSDDistill.margin=100.')
+# (μ settings, the step's iteration of 5, μ at that step): fixed, and moving from 0 to 1 over the run
+MU_SETTINGS = [([], 2, 0.8), (['SSDDistill.mu=0', 'SSDDistill.mu_end=1'], 1, 0.25),
+               (['SSDDistill.mu=0', 'SSDDistill.mu_end=1'], 4, 1.0)]
+
+
+@pytest.mark.parametrize('mu_opts, iteration, mu', MU_SETTINGS)
+def test_ssd_distill_terms_on_multibox_sample(tiny_voc, ssd_teacher, mu_opts, iteration, mu):
+    """μ (of this step, with `mu_end`) scales the student's own confidence
+    loss, 1 − μ the soft term: the weighted KL over the student's positives
+    and mined negatives; the bounded term is the teacher-bounded L2 over its
+    positives, both / positives: recomputed here in NumPy from the recorded
+    maps."""
+    student_cfg = _cfg('distill_ssd.yml', tiny_voc, 'SSDDistill.nu=1.0', 'SSDDistill.margin=100.', *mu_opts)
     paddle.seed(0)  # the random teacher and student: the sample has positives
     model = build_distiller(student_cfg, _cfg('teacher_ssd_mobilenet_v1.yml', tiny_voc), ssd_teacher)
-    assert model.student.ssd_head.loss.conf_loss_weight == pytest.approx(0.8)
+    model.begin_step(iteration, 5, 5)
+    assert float(model.student.ssd_head.loss.conf_loss_weight) == pytest.approx(mu)
     model.train()
     out = model(next(epoch_batches(build_reader(student_cfg, 'Train'))))
     rec_s, rec_t = model.student_recorder.outputs, model.teacher_recorder.outputs
@@ -101,7 +110,7 @@ def test_ssd_distill_terms_on_multibox_sample(tiny_voc, ssd_teacher):
     w = np.ones(classes)
     w[-1] = 1.5
     soft = (np.exp(log_t) * (log_t - log_s) * w).sum() / num_pos
-    np.testing.assert_allclose(float(out['distill_ssd_soft']), 0.2 * soft, rtol=1e-4)
+    np.testing.assert_allclose(float(out['distill_ssd_soft']), (1 - mu) * soft, rtol=1e-4, atol=1e-7)
     # a positive counts while the student is not (by the margin) better than the teacher
     err = ((s_boxes[positive] - targets_bbox[positive]) ** 2).sum(-1)
     teacher_err = ((t_boxes[positive] - targets_bbox[positive]) ** 2).sum(-1)
@@ -192,12 +201,30 @@ def test_vgg16_teacher_with_the_student_layout(tiny_voc, tmp_path):
         model(next(epoch_batches(build_reader(student_cfg, 'Train'))))
 
 
-def test_distill_cli_ssd_end_to_end(tiny_voc, ssd_teacher, tmp_path):
+@pytest.mark.parametrize('flag, mu_opts', [('--eval', []), ('--to_static', ['SSDDistill.mu=0', 'SSDDistill.mu_end=1'])])
+def test_distill_cli_ssd_end_to_end(tiny_voc, ssd_teacher, tmp_path, flag, mu_opts):
+    """Also compiled into one program, where μ moving from 0 to 1 must
+    reach the step: the soft term's share is 1 at the first iteration and
+    0 at the last."""
     code = run_script('slim/distillation/distill.py', [
         '-c', os.path.join(SSD_CFG, 'distill_ssd.yml'), '-t', os.path.join(SSD_CFG, 'teacher_ssd_mobilenet_v1.yml'),
-        '--teacher_pretrained', ssd_teacher, '--eval', '--output_dir', str(tmp_path),
-        '--teacher_opt', *SSD_TINY, f'dataset_dir={tiny_voc}', '-o', *tiny_opts(tiny_voc, *SSD_TINY)])
+        '--teacher_pretrained', ssd_teacher, flag, '--output_dir', str(tmp_path),
+        '--teacher_opt', *SSD_TINY, f'dataset_dir={tiny_voc}', '-o', *tiny_opts(tiny_voc, *SSD_TINY, *mu_opts)])
     assert code == 0
     with open(tmp_path / 'metrics.jsonl') as f:
-        text = f.read()
-    assert '"distill_ssd_soft"' in text and '"mAP"' in text
+        rows = [json.loads(line) for line in f]
+    soft = [r['distill_ssd_soft'] for r in rows if r['type'] == 'train']
+    assert all(np.isfinite(soft))
+    if flag == '--eval':
+        assert any(r['type'] == 'eval' for r in rows)
+    else:
+        assert len(soft) >= 3 and soft[0] > 0 and soft[-1] == 0
+
+
+@pytest.mark.parametrize('opt, message', [
+    ('SSDDistill.mu_end=1.5', r'SSDDistill.mu_end must be a number in \[0, 1\], got 1.5'),
+    ('SSDDistill.mu=-0.1', r'SSDDistill.mu must be a number in \[0, 1\], got -0.1')])
+def test_mu_out_of_range_is_refused(tiny_voc, ssd_teacher, opt, message):
+    with pytest.raises(PPKDError, match=message):
+        build_distiller(_cfg('distill_ssd.yml', tiny_voc, opt), _cfg('teacher_ssd_mobilenet_v1.yml', tiny_voc),
+                        ssd_teacher)

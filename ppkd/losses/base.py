@@ -98,6 +98,11 @@ class DistillLoss(nn.Layer):
         """Called once by the distiller with both models, before training:
         check they suit this loss, create adapters."""
 
+    def set_progress(self, fraction):
+        """Called before each training step, outside any compiled step, with
+        the share of the run done (0 at the first iteration, 1 at the last):
+        for a loss whose own balance moves over the run."""
+
     def gather(self, student, teacher):
         """The last recorded output of each layer this loss reads, in its
         layer order: (student list, teacher list)."""

@@ -67,16 +67,23 @@ class SSDDistill(DistillLoss):
     student's own confidence loss is scaled by μ (`SSDLoss.conf_loss_weight`),
     so its classification is μ·hard + (1−μ)·soft. Defaults as the notes:
     μ = 0.8 (lower did not converge there), T = 1, background weight 1.5,
-    foreground 1.0, ν = 0.5, margin 0."""
+    foreground 1.0, ν = 0.5, margin 0. With `mu_end`, μ moves linearly from
+    `mu` at the first iteration to `mu_end` at the last (the notes' other
+    try: 0 → 1, the teacher first, the labels last)."""
     needs_ground_truth = True  # the sample comes from the student's matching
 
     def __init__(self, weight=1.0, mu=0.8, temperature=1.0, background_weight=1.5, foreground_weight=1.0,
-                 nu=0.5, margin=0.0):
+                 nu=0.5, margin=0.0, mu_end=None):
         super().__init__(weight, [], [])
-        if not 0 <= mu <= 1:
-            raise PPKDError(f'SSDDistill.mu must be in [0, 1], got {mu}')
-        self.mu, self.temperature, self.nu, self.margin = float(mu), float(temperature), float(nu), float(margin)
+        for key, value in (('mu', mu), ('mu_end', mu)) if mu_end is None else (('mu', mu), ('mu_end', mu_end)):
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise PPKDError(f'SSDDistill.{key} must be a number in [0, 1], got {value!r}')
+        self.mu = float(mu)
+        self.mu_end = self.mu if mu_end is None else float(mu_end)
+        self.temperature, self.nu, self.margin = float(temperature), float(nu), float(margin)
         self.class_weights = (float(background_weight), float(foreground_weight))
+        # μ of the current step, as tensors so that a compiled step reads each step's value
+        self.soft_share = paddle.full([], 1 - self.mu, 'float32')
 
     def bind(self, student, teacher):
         for role, model in (('student', student), ('teacher', teacher)):
@@ -90,8 +97,15 @@ class SSDDistill(DistillLoss):
         self.num_levels = len(levels)
         self.num_classes = student.ssd_head.num_classes  # with the background, which is last
         ssd_loss = student.ssd_head.loss
-        self.conf_loss_weight = ssd_loss.conf_loss_weight
-        ssd_loss.conf_loss_weight = self.conf_loss_weight * self.mu
+        self.conf_loss_weight = float(ssd_loss.conf_loss_weight)
+        # A tensor attribute of a Layer is its buffer (not saved): the student's loss reads μ's tensor.
+        ssd_loss.conf_loss_weight = paddle.full([], self.conf_loss_weight * self.mu, 'float32')
+        self.hard_weight = ssd_loss.conf_loss_weight
+
+    def set_progress(self, fraction):
+        mu = self.mu + (self.mu_end - self.mu) * fraction
+        self.hard_weight.set_value(paddle.full([], self.conf_loss_weight * mu, 'float32'))
+        self.soft_share.set_value(paddle.full([], 1 - mu, 'float32'))
 
     def forward(self, student, teacher, inputs):
         s_maps, t_maps = self.gather(student, teacher)
@@ -112,7 +126,7 @@ class SSDDistill(DistillLoss):
         soft = weighted_soft_kl(paddle.gather(s_scores.reshape([-1, self.num_classes]), picked),
                                 paddle.gather(t_scores.reshape([-1, self.num_classes]), picked),
                                 self.temperature, *self.class_weights, background_index=self.num_classes - 1)
-        terms = {'distill_ssd_soft': (1 - self.mu) * self.conf_loss_weight * soft / num_pos}
+        terms = {'distill_ssd_soft': self.soft_share * self.conf_loss_weight * soft / num_pos}
         if self.nu > 0:
             pos = paddle.nonzero(positive.flatten()).flatten()
             rows = [paddle.gather(x.reshape([-1, 4]), pos) for x in (s_boxes, t_boxes, targets_bbox)]
