@@ -1,12 +1,13 @@
 """BCCD: the SSD-MobileNetV1 student with no teacher, with the weighted soft
-KL on MultiBox's sample (confidence head only), and with soft KL + the
-teacher-bounded L2, same schedule, data and seeds.
+KL on MultiBox's sample (confidence head only; μ fixed, or moving from 0
+to 1), with soft KL + the teacher-bounded L2, and imitating the teacher's
+whole feature maps, same schedule, data and seeds.
 
-    .venv/bin/python bench/bccd_ssd.py [--input_size 160] [--seeds 0 1 2]
+    .venv/bin/python bench/bccd_ssd.py [--input_size 160] [--seeds 0 1 2] [--teacher_epochs 40]
 
 The teacher has the student's head layout (SSDDistill compares prior by
-prior): SSD-MobileNetV1 trained 40 epochs (--teacher_epochs), the students 24. A VGG16-SSD teacher does not
-fit a 2-core CPU (one 300-pixel training step of 8 images takes ~90 s), and
+prior): SSD-MobileNetV1 trained 40 epochs (--teacher_epochs), the students
+24. A VGG16-SSD teacher does not fit a 2-core CPU (one 300-pixel training step of 8 images takes ~90 s), and
 below ~270 px VGG16-SSD's last level has no cells. SSD's priors keep their
 share of the image at 160 px (ppkd scales SSD300's prior sizes). Two student
 runs at a time (--workers), one CPU thread each. Writes
@@ -16,8 +17,7 @@ The distilled arms run at T = 2 and the bounded L2 at ν = 0.1: at the
 configs' T = 1 and ν = 0.5, with students of 12 epochs
 (bench/results/bccd_ssd_12ep.*), neither beat the student alone — the soft
 term had fallen to 0.1 against a detection loss of ~6, the bounded one
-(3.9) outweighed it — and the students' curves were still climbing. The whole map and FGFI arms
-imitate the teacher's backbone levels instead (λ 0.01, ψ 0.5).
+(3.9) outweighed it — and the students' curves were still climbing.
 """
 import os
 
@@ -32,9 +32,8 @@ METHODS = {
     # The notes' other try: μ from 0 (the teacher's classes only) to 1 (the labels only) over the run.
     'soft KL, mu 0 to 1': ('slim/distillation/distill.py', 'distill_ssd_confidence.yml',
                            ['SSDDistill.temperature=2', 'SSDDistill.mu=0', 'SSDDistill.mu_end=1']),
-    # Feature imitation of the teacher's backbone levels (docs/methods.md §5) on the same students.
+    # Imitation of the teacher's whole backbone levels (docs/methods.md §5) on the same students.
     'whole map': ('slim/distillation/distill.py', 'distill_fgfi_ssd.yml', ['FineGrainedImitation.mask=full']),
-    'FGFI': ('slim/distillation/distill.py', 'distill_fgfi_ssd.yml', []),
 }
 
 

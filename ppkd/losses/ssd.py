@@ -75,11 +75,11 @@ class SSDDistill(DistillLoss):
     def __init__(self, weight=1.0, mu=0.8, temperature=1.0, background_weight=1.5, foreground_weight=1.0,
                  nu=0.5, margin=0.0, mu_end=None):
         super().__init__(weight, [], [])
-        for key, value in (('mu', mu), ('mu_end', mu)) if mu_end is None else (('mu', mu), ('mu_end', mu_end)):
+        mu_end = mu if mu_end is None else mu_end
+        for key, value in (('mu', mu), ('mu_end', mu_end)):
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise PPKDError(f'SSDDistill.{key} must be a number in [0, 1], got {value!r}')
-        self.mu = float(mu)
-        self.mu_end = self.mu if mu_end is None else float(mu_end)
+        self.mu, self.mu_end = float(mu), float(mu_end)
         self.temperature, self.nu, self.margin = float(temperature), float(nu), float(margin)
         self.class_weights = (float(background_weight), float(foreground_weight))
         # μ of the current step, as tensors so that a compiled step reads each step's value
