@@ -263,12 +263,15 @@ def _lists(args):
 
 def _summary(runs):
     """One mode's repeated runs: the median of their medians, each run's
-    median kept."""
+    median kept; the mean of their means (and of each part's)."""
     summary = dict(runs[-1])
     summary.update(median_s=statistics.median(r['median_s'] for r in runs),
                    mean_s=statistics.fmean(r['mean_s'] for r in runs),
                    peak_rss_mb=max(r['peak_rss_mb'] for r in runs),
                    run_medians_s=[r['median_s'] for r in runs])
+    if 'parts_mean_s' in summary:
+        summary['parts_mean_s'] = {k: statistics.fmean(r['parts_mean_s'][k] for r in runs)
+                                   for k in summary['parts_mean_s']}
     return summary
 
 
