@@ -9,9 +9,9 @@ The teacher has the student's head layout (SSDDistill compares prior by
 prior): SSD-MobileNetV1 trained 40 epochs (--teacher_epochs), the students
 24. A VGG16-SSD teacher does not fit a 2-core CPU (one 300-pixel training
 step of 8 images takes ~90 s), and below ~270 px VGG16-SSD's last level has
-no cells. SSD's priors keep their
-share of the image at 160 px (ppkd scales SSD300's prior sizes). Two student
-runs at a time (--workers), one CPU thread each. Writes
+no cells. SSD's priors keep their share of the image at 160 px (ppkd
+scales SSD300's prior sizes). Two student runs at a time (--workers), one
+CPU thread each. Writes
 bench/results/bccd_ssd.{md,json,png}.
 
 The distilled arms run at T = 2 and the bounded L2 at ν = 0.1: at the

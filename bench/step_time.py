@@ -15,10 +15,10 @@ to_static). The data loader is timed apart, batches per second with
 keeps up with the step. `--repeat N` runs every mode N times, interleaved,
 and reports each run. `--breakdown` also times the parts of ppkd's step
 (student forward, teacher image part and the part on the student's
-outputs, each loss, backward and update). Without `--teacher_weights` the teacher has random
-weights whose BatchNorm statistics are first calibrated on the data
-(timing does not depend on the weights' values, but unnormalised
-activations would overflow).
+outputs, each loss, backward and update). Without `--teacher_weights` the
+teacher has random weights whose BatchNorm statistics are first calibrated
+on the data (timing does not depend on the weights' values, but
+unnormalised activations would overflow).
 """
 import argparse
 import contextlib
@@ -204,14 +204,11 @@ def measure(mode, args):
             model.train()
             model.prepare_teacher(batches[0])
             result.update(_teacher_form(model))
-            if args.breakdown:
-                parts, update = _time_parts(model)
-                times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp, update), batches,
-                                           args.warmup, after_warmup=parts.clear)
+            parts, update = _time_parts(model) if args.breakdown else (None, apply_gradients)
+            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp, update), batches,
+                                       args.warmup, after_warmup=None if parts is None else parts.clear)
+            if parts is not None:
                 result['parts_mean_s'] = {k: sum(v) / len(times) for k, v in parts.items()}
-            else:
-                times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches,
-                                           args.warmup)
         elif mode == 'ppdet':
             model = _ppdet_distill_model(student_cfg, args)
             times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), amp),

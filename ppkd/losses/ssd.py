@@ -82,8 +82,6 @@ class SSDDistill(DistillLoss):
         self.mu, self.mu_end = float(mu), float(mu_end)
         self.temperature, self.nu, self.margin = float(temperature), float(nu), float(margin)
         self.class_weights = (float(background_weight), float(foreground_weight))
-        # μ of the current step, as tensors so that a compiled step reads each step's value
-        self.soft_share = paddle.full([], 1 - self.mu, 'float32')
 
     def bind(self, student, teacher):
         for role, model in (('student', student), ('teacher', teacher)):
@@ -98,14 +96,14 @@ class SSDDistill(DistillLoss):
         self.num_classes = student.ssd_head.num_classes  # with the background, which is last
         ssd_loss = student.ssd_head.loss
         self.conf_loss_weight = float(ssd_loss.conf_loss_weight)
-        # A tensor attribute of a Layer is its buffer (not saved): the student's loss reads μ's tensor.
+        # μ · weight as a tensor, so that a compiled step reads each step's value. A tensor attribute of a
+        # Layer is its buffer (not saved): the student's loss and this one share it.
         ssd_loss.conf_loss_weight = paddle.full([], self.conf_loss_weight * self.mu, 'float32')
         self.hard_weight = ssd_loss.conf_loss_weight
 
     def set_progress(self, fraction):
         mu = self.mu + (self.mu_end - self.mu) * fraction
         self.hard_weight.set_value(paddle.full([], self.conf_loss_weight * mu, 'float32'))
-        self.soft_share.set_value(paddle.full([], 1 - mu, 'float32'))
 
     def forward(self, student, teacher, inputs):
         s_maps, t_maps = self.gather(student, teacher)
@@ -126,7 +124,8 @@ class SSDDistill(DistillLoss):
         soft = weighted_soft_kl(paddle.gather(s_scores.reshape([-1, self.num_classes]), picked),
                                 paddle.gather(t_scores.reshape([-1, self.num_classes]), picked),
                                 self.temperature, *self.class_weights, background_index=self.num_classes - 1)
-        terms = {'distill_ssd_soft': self.soft_share * self.conf_loss_weight * soft / num_pos}
+        # (1 − μ) · weight: what the student's own confidence loss gave up
+        terms = {'distill_ssd_soft': (self.conf_loss_weight - self.hard_weight) * soft / num_pos}
         if self.nu > 0:
             pos = paddle.nonzero(positive.flatten()).flatten()
             rows = [paddle.gather(x.reshape([-1, 4]), pos) for x in (s_boxes, t_boxes, targets_bbox)]
