@@ -10,7 +10,8 @@ Steps are timed on batches loaded beforehand (median over `--steps` after
 `--warmup`): forward, backward, optimizer update, as ppkd's trainer does
 them. ppkd's step is timed with the teacher as configured (by default on
 Paddle Inference) and in its other forms (dygraph, BatchNorm folded,
-to_static). The data loader is timed apart, batches per second with
+to_static; for Faster R-CNN also with the RoI head's layers in dygraph, as
+before they were compiled). The data loader is timed apart, batches per second with
 `--workers` processes, with and without shared memory, to show whether it
 keeps up with the step. `--repeat N` runs every mode N times, interleaved,
 and reports each run. `--breakdown` also times the parts of ppkd's step
@@ -49,6 +50,7 @@ MODES = {
     'student': 'student alone (a)',
     'ppkd': 'ppkd distill step (b)',
     'ppkd_dygraph': 'ppkd, dygraph teacher',
+    'ppkd_roi_head_dygraph': "ppkd, teacher on Paddle Inference but for its RoI head's layers (dygraph)",
     'ppkd_folded': 'ppkd, dygraph teacher, BatchNorm folded',
     'ppkd_to_static': 'ppkd, teacher compiled by to_static',
     'ppkd_bf16': 'ppkd, teacher on Paddle Inference in bfloat16',
@@ -64,7 +66,7 @@ MODES = {
 MODE_OPTS = {
     'loader': ['TrainReader.use_shared_memory=false'],
     'loader_shared_memory': ['TrainReader.use_shared_memory=true'],
-    'ppkd': [], 'teacher': [],
+    'ppkd': [], 'teacher': [], 'ppkd_roi_head_dygraph': [],
     'ppkd_dygraph': ['distill.compile_teacher=dygraph'], 'teacher_dygraph': ['distill.compile_teacher=dygraph'],
     'ppkd_folded': ['distill.compile_teacher=dygraph', 'distill.fold_teacher_bn=true'],
     'ppkd_to_static': ['distill.compile_teacher=to_static'],
@@ -147,7 +149,8 @@ def _time_parts(distiller):
 def _teacher_form(distiller):
     compiled = distiller.compiled_teacher
     return {'teacher_engine': 'dygraph' if compiled is None else compiled.engine + (
-                '' if compiled.precision == 'float32' else f' ({compiled.precision})'),
+                '' if compiled.precision == 'float32' else f' ({compiled.precision})') + (
+                '' if distiller.compiled_roi_layers is None else ', RoI head too'),
             'teacher_batch_norms': sum(isinstance(m, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm))
                                        for m in distiller.teacher.sublayers())}
 
@@ -202,6 +205,8 @@ def measure(mode, args):
         elif mode.startswith('ppkd'):
             model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
             model.train()
+            if mode == 'ppkd_roi_head_dygraph':  # the teacher's second part as before it had a compiled end
+                model._teacher_tail = None
             model.prepare_teacher(batches[0])
             result.update(_teacher_form(model))
             parts, update = _time_parts(model) if args.breakdown else (None, apply_gradients)

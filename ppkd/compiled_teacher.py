@@ -35,6 +35,7 @@ import paddle
 import paddle.nn as nn
 
 from ppkd import compat
+from ppkd.teacher import ROI_FEATURES
 from ppkd.threads import restore_threads
 
 logger = logging.getLogger('ppkd')
@@ -95,25 +96,31 @@ def _unique(tensors):
 
 
 class _FeatureProgram(nn.Layer):
-    """What is compiled: image → the recorded outputs, flat, name by name
-    and call by call, then the features the teacher's second part reads.
+    """What is compiled: image (or the input named `input_name`: a second
+    part's compilable end, `ppkd.teacher.TEACHER_TAILS`) → the recorded
+    outputs, flat, name by name and call by call, then the features the
+    teacher's second part reads.
     (A layer rather than a closure: Paddle 2.6's translator loses closure
     variables; the teacher is its sublayer so that `jit.save` finds the
     parameters.)"""
 
     output_index = ()  # listed output i is returned output output_index[i]; set while tracing
 
-    def __init__(self, model, recorder, image_part):
+    def __init__(self, model, recorder, image_part, input_name='image'):
         super().__init__()
         self.model = model
-        self._parts = (recorder, image_part, set(recorder.names))
+        self._parts = (recorder, image_part, set(recorder.names), input_name)
 
     def forward(self, image):
-        recorder, image_part, wanted = self._parts
+        recorder, image_part, wanted, input_name = self._parts
         _begin(recorder)
-        feats = image_part(self.model, {'image': image}, wanted)
+        feats = image_part(self.model, {input_name: image}, wanted)
         unique, self.output_index = _unique(_collected(recorder) + list(feats))
         return unique
+
+
+# What the log calls the part compiled, by the name of its input.
+_PART_NAMES = {'image': 'teacher', ROI_FEATURES: "teacher's RoI head"}
 
 
 def _layout(recorder):
@@ -137,6 +144,13 @@ class _Compiled:
         return outputs, list(flat[i:])
 
 
+def _input_spec(image, input_name):
+    """Images of any batch and size; a second part's input (RoI features) of
+    any number, each of `image`'s size."""
+    shape = [None, image.shape[1]] + ([None, None] if input_name == 'image' else list(image.shape[2:]))
+    return [paddle.static.InputSpec(shape, image.dtype, input_name)]
+
+
 class StaticTeacher(_Compiled):
     """The feature program traced by `paddle.jit.to_static` (full graph);
     the recorder's hooks fire while tracing, so what they collect becomes
@@ -144,8 +158,8 @@ class StaticTeacher(_Compiled):
 
     engine = 'to_static'
 
-    def __init__(self, program):
-        self._program = paddle.jit.to_static(program, full_graph=True)
+    def __init__(self, program, image, input_name='image'):
+        self._program = paddle.jit.to_static(program, input_spec=_input_spec(image, input_name), full_graph=True)
 
     def __call__(self, image):
         return self._program(image)
@@ -224,7 +238,7 @@ class InferenceTeacher(_Compiled):
 
     engine = 'inference'
 
-    def __init__(self, program, image, tensorrt_max_size=0, legacy_ir=None, precision='float32'):
+    def __init__(self, program, image, tensorrt_max_size=0, legacy_ir=None, precision='float32', input_name='image'):
         if legacy_ir is None:
             legacy_ir = compat.inference_needs_legacy_ir()
         device = paddle.get_device()
@@ -235,9 +249,9 @@ class InferenceTeacher(_Compiled):
         workdir = tempfile.mkdtemp(prefix='ppkd-teacher-')
         try:
             prefix = os.path.join(workdir, 'teacher')
-            spec = [paddle.static.InputSpec([None, image.shape[1], None, None], image.dtype, 'image')]
             with compat.legacy_ir_export(legacy_ir):
-                paddle.jit.save(paddle.jit.to_static(program, full_graph=True), prefix, input_spec=spec)
+                paddle.jit.save(paddle.jit.to_static(program, full_graph=True), prefix,
+                                input_spec=_input_spec(image, input_name))
             if precision == 'int8':
                 prefix = quantize_int8(prefix, image.numpy())
             _probe(prefix, image, **settings)
@@ -251,7 +265,7 @@ class InferenceTeacher(_Compiled):
             kind = f'oneDNN, {self._threads} threads'
             if precision != 'float32':
                 kind += f', convolutions in {precision}'
-        logger.info('teacher: Paddle Inference on %s (%s)', device, kind)
+        logger.info('%s: Paddle Inference on %s (%s)', _PART_NAMES[input_name], device, kind)
 
     def __call__(self, image):
         outputs = _run_predictor(self._predictor, image)
@@ -287,15 +301,16 @@ def _max_relative_difference(compiled, reference):
     return max(float(np.abs(c - r).max()) for c, r in zip(compiled, reference)) / scale
 
 
-def _compiled_and_checked(model, recorder, image_part, image, reference, engine, tensorrt_max_size, precision):
+def _compiled_and_checked(model, recorder, image_part, image, reference, engine, tensorrt_max_size, precision,
+                          input_name):
     """The image part compiled in `precision` and its outputs on `image`
     compared with dygraph's `reference`: (the compiled teacher, None), or
     (None, why not)."""
-    program = _FeatureProgram(model, recorder, image_part)
+    program = _FeatureProgram(model, recorder, image_part, input_name)
     program.eval()  # the traced program is the inference one
     try:
-        compiled = (StaticTeacher(program) if engine == 'to_static' else
-                    InferenceTeacher(program, image, tensorrt_max_size, precision=precision))
+        compiled = (StaticTeacher(program, image, input_name) if engine == 'to_static' else
+                    InferenceTeacher(program, image, tensorrt_max_size, precision=precision, input_name=input_name))
         unique = compiled(image)  # traces the program if it has not been yet
         compiled.output_index = program.output_index
         outputs = [unique[i].numpy() for i in compiled.output_index]
@@ -310,37 +325,41 @@ def _compiled_and_checked(model, recorder, image_part, image, reference, engine,
     if difference > TOLERANCES[precision]:
         return None, (f'{engine} ({precision}) outputs differ from dygraph by {difference:.2g} (relative, at most '
                       f'{TOLERANCES[precision]:g})')
-    logger.info('teacher: compiled by %s (%s), outputs within %.1g of dygraph (relative)', engine, precision,
-                difference)
+    logger.info('%s: compiled by %s (%s), outputs within %.1g of dygraph (relative)', _PART_NAMES[input_name], engine,
+                precision, difference)
     return compiled, None
 
 
-def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_size=0, precision='float32'):
+def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_size=0, precision='float32',
+                    input_name='image'):
     """The teacher's image part (`ppkd.teacher.TEACHER_FORWARDS`) compiled
     by `engine` ('to_static' or 'inference'; `precision` 'bfloat16' or
     'int8' for the latter on a CPU that has it), checked on `inputs` against
     the dygraph teacher; returns the compiled teacher or None after a
     warning saying why not. A lower precision that fails is tried again in
-    float32, which keeps the compiled teacher's speed-up over dygraph."""
-    image = inputs['image']
+    float32, which keeps the compiled teacher's speed-up over dygraph.
+    With `input_name`, the part compiled is a second part's end
+    (`ppkd.teacher.TEACHER_TAILS`) and reads `inputs[input_name]`."""
+    image = inputs[input_name]
+    part = _PART_NAMES[input_name]
     on_gpu = paddle.get_device().startswith('gpu')
     if precision != 'float32' and (on_gpu or not CPU_SUPPORT[precision][0]()):
-        logger.warning('teacher: %s not used (%s); float32 instead', precision,
+        logger.warning('%s: %s not used (%s); float32 instead', part, precision,
                        'ppkd runs it on CPUs only' if on_gpu else f'this CPU has no {CPU_SUPPORT[precision][1]}')
         precision = 'float32'
     with paddle.no_grad():
         recorder.clear()
-        feats = image_part(model, {'image': image}, set(recorder.names))
+        feats = image_part(model, {input_name: image}, set(recorder.names))
         layout = _layout(recorder)
         reference = [o.numpy() for o in _collected(recorder)] + [f.numpy() for f in feats]
         recorder.clear()
         attempt = (model, recorder, image_part, image, reference, engine, tensorrt_max_size)
-        compiled, why = _compiled_and_checked(*attempt, precision)
+        compiled, why = _compiled_and_checked(*attempt, precision, input_name)
         if why is not None and precision != 'float32':
-            logger.warning('teacher: %s; float32 instead', why)
-            compiled, why = _compiled_and_checked(*attempt, 'float32')
+            logger.warning('%s: %s; float32 instead', part, why)
+            compiled, why = _compiled_and_checked(*attempt, 'float32', input_name)
     if why is not None:
-        logger.warning('teacher: %s; running it in dygraph', why)
+        logger.warning('%s: %s; running it in dygraph', part, why)
         return None
     compiled.layout = layout
     return compiled

@@ -15,7 +15,7 @@ from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.tasks.detection import DetectionTask
 from ppkd.teacher_cache import TeacherOutputCache
-from ppkd.teacher import freeze, run_for_features
+from ppkd.teacher import ROI_FEATURES, freeze, run_for_features
 from ppkd.utils import hold_outside_tree
 
 logger = logging.getLogger('ppkd')
@@ -63,10 +63,12 @@ class Distiller(nn.Layer):
         self._tensorrt_max_size = tensorrt_max_size
         self._teacher_precision = teacher_precision
         self.compiled_teacher = None
+        self.compiled_roi_layers = None  # the second part's end, compiled (`ppkd.teacher.TEACHER_TAILS`)
         self._released_teacher = None  # where the dygraph teacher's weights wait while a predictor runs it
         self.student = student
         self.teacher = freeze(teacher)
         self._teacher_forwards = self.task.teacher_forwards(teacher)
+        self._teacher_tail = self.task.teacher_tail(teacher)
         # The teacher's outputs per image, when kept from epoch to epoch: on labelled images (not where its second
         # part reads the student's outputs) and on unlabeled ones. Two attributes, not a dict: Paddle 2.6's
         # to_static translator fails on a dict lookup in the traced step.
@@ -128,11 +130,48 @@ class Distiller(nn.Layer):
             (logger.info if engine == 'auto' and self._teacher_precision == 'float32' else logger.warning)(
                 'teacher: no feature forward known for %s; running its whole forward in dygraph', arch)
         else:
+            engine = 'inference' if engine == 'auto' else engine
             self.compiled_teacher = compile_teacher(
                 self.teacher, self.teacher_recorder, self._teacher_forwards[0], inputs,
-                'inference' if engine == 'auto' else engine, self._tensorrt_max_size, self._teacher_precision)
-            if getattr(self.compiled_teacher, 'engine', None) == 'inference' and self._teacher_forwards[1] is None:
+                engine, self._tensorrt_max_size, self._teacher_precision)
+            if self._teacher_tail is not None:
+                self._compile_roi_layers(inputs, engine)
+            rest_in_dygraph = self._teacher_forwards[1] is not None and self.compiled_roi_layers is None
+            if getattr(self.compiled_teacher, 'engine', None) == 'inference' and not rest_in_dygraph:
                 self._release_teacher_weights()
+
+    def _compile_roi_layers(self, inputs, engine):
+        """The second part's end (Faster R-CNN: the RoI head after RoIAlign,
+        whose FC layers dygraph runs slowly on a CPU), compiled in float32
+        and checked on the RoI features of the batch's true boxes."""
+        sample, layers = self._teacher_tail
+        names = set(self.teacher_recorder.names)
+        with paddle.no_grad():
+            roi_feats = sample(self.teacher, self._teacher_forwards[0](self.teacher, inputs, names), inputs, names)
+        self.teacher_recorder.clear()
+        if roi_feats is not None:
+            self.compiled_roi_layers = compile_teacher(self.teacher, self.teacher_recorder, layers,
+                                                       {ROI_FEATURES: roi_feats}, engine, input_name=ROI_FEATURES)
+
+    def _run_compiled_roi_layers(self, model, inputs, names):
+        """`roi_layers` for the teacher's second part: the compiled end's
+        outputs added to the teacher's record."""
+        recorded_so_far = dict(self.teacher_recorder.outputs)  # a to_static program that traces again clears it
+        try:
+            outputs, _ = self.compiled_roi_layers.record(inputs[ROI_FEATURES])
+        except Exception as e:  # noqa: BLE001  as the compiled image part: fall back, say so
+            logger.warning("compiled teacher's RoI head failed (%s: %s); running it in dygraph", type(e).__name__,
+                           str(e).strip().splitlines()[-1] if str(e).strip() else '')
+            self.compiled_roi_layers = None
+            self._restore_teacher_weights()
+            outputs = {}
+        self.teacher_recorder.outputs = recorded_so_far
+        if self.compiled_roi_layers is None:
+            return self._teacher_tail[1](model, inputs, names)
+        for name, recorded in outputs.items():
+            if recorded:
+                self.teacher_recorder.outputs.setdefault(name, []).extend(recorded)
+        return []
 
     def _release_teacher_weights(self):
         """The predictor holds its own copy of the weights and nothing else
@@ -249,6 +288,7 @@ class Distiller(nn.Layer):
 
     def _run_teacher(self, inputs, image_part_only):
         names = set(self.teacher_recorder.names)
+        roi_layers = self._run_compiled_roi_layers if self.compiled_roi_layers is not None else None
         if self.compiled_teacher is not None:
             try:
                 outputs, feats = self.compiled_teacher.record(self.task.images(inputs))
@@ -260,11 +300,11 @@ class Distiller(nn.Layer):
             else:
                 self.teacher_recorder.outputs = outputs
                 rest = self._teacher_forwards[1]
-                if rest is not None and not image_part_only:  # in dygraph: it reads the student's outputs of this step
-                    rest(self.teacher, feats, inputs, self.student_recorder.outputs, names)
+                if rest is not None and not image_part_only:  # it reads the student's outputs of this step
+                    rest(self.teacher, feats, inputs, self.student_recorder.outputs, names, roi_layers)
                 return
         forwards = (self._teacher_forwards[0], None) if image_part_only else self._teacher_forwards
-        run_for_features(self.teacher, forwards, inputs, self.student_recorder.outputs, names)
+        run_for_features(self.teacher, forwards, inputs, self.student_recorder.outputs, names, roi_layers)
 
     def forward(self, inputs, unlabeled=None):
         if not self.training:

@@ -94,18 +94,60 @@ def _faster_rcnn_features(model, inputs, names):
     return list(feats)
 
 
-def _faster_rcnn_roi_head(model, feats, inputs, student_outputs, names):
-    """The RoI head on the STUDENT's sampled RoIs if a `bbox_head.` output
-    is recorded, so that teacher and student R-CNN outputs describe the
-    same boxes."""
-    if not any(n.startswith('bbox_head.') for n in names):
-        return
+def _faster_rcnn_rois(inputs, student_outputs):
+    """The student's sampled RoIs of this step; in a pass without the
+    student (BatchNorm folding, the compile check), the true boxes."""
     if STUDENT_ROIS in student_outputs:
         rois, rois_num, _ = student_outputs[STUDENT_ROIS][-1]
-    else:  # a probe pass without the student (BatchNorm folding): the true boxes as RoIs
-        rois = list(inputs['gt_bbox'])
-        rois_num = paddle.to_tensor([len(r) for r in rois], dtype='int32')
-    model.bbox_head(feats, rois, rois_num, None)
+        return rois, rois_num
+    rois = list(inputs['gt_bbox'])
+    return rois, paddle.to_tensor([len(r) for r in rois], dtype='int32')
+
+
+def _plain_bbox_head(model):
+    # The head whose layers after RoIAlign `_faster_rcnn_roi_layers` repeats;
+    # subclasses (cascade heads...) run their own forward.
+    return type(model.bbox_head).__name__ == 'BBoxHead'
+
+
+def _faster_rcnn_roi_head(model, feats, inputs, student_outputs, names, roi_layers=None):
+    """The RoI head on the STUDENT's sampled RoIs if a `bbox_head.` output
+    is recorded, so that teacher and student R-CNN outputs describe the
+    same boxes. `roi_layers`: what runs the head's layers after RoIAlign
+    (the compiled ones; by default `_faster_rcnn_roi_layers` in dygraph)."""
+    if not any(n.startswith('bbox_head.') for n in names):
+        return
+    rois, rois_num = _faster_rcnn_rois(inputs, student_outputs)
+    if not _plain_bbox_head(model):
+        model.bbox_head(feats, rois, rois_num, None)
+        return
+    roi_feats = model.bbox_head.roi_extractor(feats, rois, rois_num)
+    (roi_layers or _faster_rcnn_roi_layers)(model, {ROI_FEATURES: roi_feats}, names)
+
+
+def _faster_rcnn_roi_layers(model, inputs, names):
+    """The plain RoI head's layers after RoIAlign (its MLP or convolutions,
+    score and delta) on the RoI features [R, C, 7, 7]: BBoxHead's eval
+    forward without the decoding no loss reads. Compilable: RoIs in, RoIs
+    out, whatever their number."""
+    head = model.bbox_head
+    feat = head.head(inputs[ROI_FEATURES])
+    if head.with_pool:
+        feat = paddle.squeeze(paddle.nn.functional.adaptive_avg_pool2d(feat, output_size=1), axis=[2, 3])
+    if head.use_cot:
+        head.cot_bbox_score(feat)
+    head.bbox_score(feat)
+    head.bbox_delta(feat)
+    return []
+
+
+def _faster_rcnn_roi_sample(model, feats, inputs, names):
+    """The RoI features `_faster_rcnn_roi_layers` reads, on `inputs`' true
+    boxes (what its compiled form is checked on), or None where that part
+    does not run or is not the plain head's."""
+    if not any(n.startswith('bbox_head.') for n in names) or not _plain_bbox_head(model):
+        return None
+    return model.bbox_head.roi_extractor(feats, *_faster_rcnn_rois(inputs, {}))
 
 
 # The student's record of its sampled RoIs (with their targets) that the
@@ -125,19 +167,33 @@ TEACHER_FORWARDS = {
     'FasterRCNN': (_faster_rcnn_features, _faster_rcnn_roi_head),
 }
 
+# The input a second part's compilable end reads.
+ROI_FEATURES = 'roi_feats'
 
-def run_for_features(model, forwards, inputs, student_outputs, names):
+# Per architecture whose second part ends in layers that read one tensor
+# computed from the student's outputs (Faster R-CNN: the RoI head's layers
+# after RoIAlign), (sample, layers): `sample(model, features, inputs, names)`
+# is that tensor on a batch without the student, or None where the end does
+# not run; `layers(model, {ROI_FEATURES: tensor}, names)` runs them, and the
+# second part takes their compiled form as its `roi_layers`.
+TEACHER_TAILS = {
+    'FasterRCNN': (_faster_rcnn_roi_sample, _faster_rcnn_roi_layers),
+}
+
+
+def run_for_features(model, forwards, inputs, student_outputs, names, roi_layers=None):
     """Run the frozen teacher so its recorders (on `names`) fire, as cheaply
     as known: `forwards` is its `TEACHER_FORWARDS` entry (None: the whole
-    forward); `student_outputs` are the student's records of this step. The
-    distiller looks the entry up once, outside any traced code: Paddle 2.6's
-    bytecode translator reuses one architecture's lookup for another."""
+    forward); `student_outputs` are the student's records of this step;
+    `roi_layers` the second part's compiled end, if any. The distiller
+    looks the entry up once, outside any traced code: Paddle 2.6's bytecode
+    translator reuses one architecture's lookup for another."""
     if forwards is None:
         return model(inputs)
     image_part, rest = forwards
     feats = image_part(model, inputs, names)
     if rest is not None:
-        rest(model, feats, inputs, student_outputs, names)
+        rest(model, feats, inputs, student_outputs, names, roi_layers)
 
 
 def feature_sizes(model, layers, image):

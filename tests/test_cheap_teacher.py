@@ -149,23 +149,34 @@ def test_inference_is_the_default_for_yolov3(tiny_voc, tiny_teacher):
     assert model.compiled_teacher.engine == 'inference'
 
 
-@pytest.mark.parametrize('fold,engine', [(True, 'dygraph'), (False, 'inference')], ids=['folded', 'inference'])
-def test_cheap_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher, fold, engine):
-    """The image part (backbone, FPN, RPN convolutions) compiled, the RoI
-    head in dygraph on the student's RoIs."""
+@pytest.mark.parametrize('fold,engine', [(True, 'dygraph'), (False, 'inference'), (False, 'to_static')])
+def test_cheap_faster_rcnn_teacher_gives_the_same_losses(tiny_voc, frcnn_teacher, fold, engine, monkeypatch, caplog):
+    """The image part (backbone, FPN, RPN convolutions) compiled, and the
+    RoI head's layers after RoIAlign compiled apart (they read the
+    student's RoIs); on Paddle Inference both, so the dygraph teacher's
+    weights are released, and read back when the RoI head fails later."""
     plain_cfgs = _frcnn_cfgs(tiny_voc, 'distill.compile_teacher=dygraph')
     batch = next(epoch_batches(build_reader(plain_cfgs[0], 'Train')))
     plain = _prepared(*plain_cfgs, frcnn_teacher, batch)
-    cheap = _prepared(*_frcnn_cfgs(tiny_voc, f'distill.compile_teacher={engine}', f'distill.fold_teacher_bn={fold}'),
-                      frcnn_teacher, batch)
+    with caplog.at_level(logging.INFO, logger='ppkd'):
+        cheap = _prepared(*_frcnn_cfgs(tiny_voc, f'distill.compile_teacher={engine}',
+                                       f'distill.fold_teacher_bn={fold}'), frcnn_teacher, batch)
     assert _batch_norms(plain) > 0 and (_batch_norms(cheap) == 0) == fold
-    assert all(_initialized(cheap.teacher))  # the RoI head runs in dygraph on the teacher's own weights
     if engine != 'dygraph':
-        assert cheap.compiled_teacher is not None and cheap.compiled_teacher.engine == engine
+        assert cheap.compiled_teacher.engine == engine and cheap.compiled_roi_layers.engine == engine
+        assert "teacher's RoI head: compiled by " + engine in caplog.text
+    assert all(_initialized(cheap.teacher)) == (engine != 'inference')
     expected, got = _losses(plain, batch), _losses(cheap, batch)
     assert expected.keys() == got.keys() and {'distill_rcnn_soft', 'distill_rpn_soft'} <= set(expected)
-    for k in expected:
-        assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), k
+    assert got == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    if engine == 'inference':
+        def lost(roi_feats):
+            raise RuntimeError('predictor lost')
+        monkeypatch.setattr(cheap.compiled_roi_layers, 'record', lost)
+        got = _losses(cheap, batch)  # the RoI head runs in dygraph, on the teacher's weights read back
+        assert cheap.compiled_roi_layers is None and cheap.compiled_teacher is not None
+        assert all(_initialized(cheap.teacher))
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-5)
 
 
 def _omp_max_threads():

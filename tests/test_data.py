@@ -193,6 +193,33 @@ def test_loader_error_needs_the_compat_fix(tiny_voc, tmp_path):
         subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=40)
 
 
+@pytest.mark.smoke
+def test_worker_killed_in_the_middle_of_a_message_does_not_hang_the_exit(tiny_voc, tmp_path):
+    """A worker stopped after a loading error may have written part of a
+    batch to the data queue; Paddle's shutdown reads that queue dry, and a
+    message that never ends blocks the read forever (1 exit in 25 under
+    load). Here, as the workers are stopped, the queue holds a message's
+    length and none of its bytes: the error must still come back."""
+    root = _copy(tiny_voc, tmp_path)
+    open(os.path.join(root, 'JPEGImages', 'shapes_0006.jpg'), 'wb').write(b'not a jpeg\xff\xd9')
+    code = ('import multiprocessing, os, struct\nimport multiprocessing.process as processes\n'
+            'from ppkd import config as C\nfrom ppkd.data.loader import build_reader, stop_workers_on_error\n'
+            f'cfg = C.load_config({os.path.join(CONFIGS, "demo", "student_yolov3_mobilenet_v1_x0.5.yml")!r}, '
+            f'{tiny_opts(root, "worker_num=2")!r} + ["TrainReader.shuffle=false"])\n'
+            'batches = iter(build_reader(cfg, "Train").dataloader)\n'
+            'terminate = processes.BaseProcess.terminate\n'
+            'def stopped_mid_message(worker):\n'
+            '    unfinished = multiprocessing.Queue()\n'
+            '    os.write(unfinished._writer.fileno(), struct.pack("!i", 1 << 20))  # a frame\'s length: 1 MB, none sent\n'
+            '    batches._data_queue = unfinished\n'
+            '    terminate(worker)\n'
+            'processes.BaseProcess.terminate = stopped_mid_message\n'
+            'try:\n    [b for b in stop_workers_on_error(batches)]\n'
+            'except Exception as e:\n    print("failed:", e)\n')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert 'failed:' in r.stdout and 'shapes_0006.jpg' in r.stdout, r.stderr[-2000:]
+
+
 def test_evaluation_scores_every_listed_image(tiny_voc, tmp_path):
     """No dropped last batch, and background-only images are scored too
     (their false positives count)."""

@@ -60,6 +60,15 @@ def stop_workers_on_error(batches):
         if workers is not None:  # a multi-process iterator
             for worker in workers:
                 worker.terminate()
+            for worker in workers:
+                worker.join(1)
+            # Dropped unread: Paddle's shutdown drains it, and a worker killed
+            # in the middle of a write leaves a message that blocks that read
+            # forever (1 exit in 25 hung so under load).
+            if batches._data_queue is not None:
+                batches._data_queue.cancel_join_thread()
+                batches._data_queue.close()
+                batches._data_queue = None
             batches._try_shutdown_all(timeout=1)
         lines = str(e).strip().splitlines()
         if isinstance(e, PPKDError) and len(lines) > 1 and lines[-1].startswith(WORKER_ERROR_PREFIX):

@@ -5,6 +5,7 @@ tools need from a framework, behind one interface per task.
     .student_loss(model, batch)                {term: loss, 'loss': total}
     .images(batch)                             the image tensor of a batch
     .teacher_forwards(teacher)                 (image part, rest) or None: run_for_features
+    .teacher_tail(teacher)                     (sample, layers) or None: the rest's compilable end
     .class_names()                             class order of the training set
     .train_reader() / .eval_reader()           readers: len() batches a pass
     .batches(reader, epoch)                    one pass, seeded by the epoch

@@ -5,7 +5,7 @@ import json
 from ppkd import config as cfgmod
 from ppkd.data.loader import build_reader, build_unlabeled_reader, epoch_batches
 from ppkd.engine.evaluator import evaluate
-from ppkd.teacher import TEACHER_FORWARDS
+from ppkd.teacher import TEACHER_FORWARDS, TEACHER_TAILS
 from ppkd.teacher_cache import random_transforms
 
 
@@ -41,6 +41,10 @@ class DetectionTask:
     @staticmethod
     def teacher_forwards(teacher):
         return TEACHER_FORWARDS.get(type(teacher).__name__)
+
+    @staticmethod
+    def teacher_tail(teacher):
+        return TEACHER_TAILS.get(type(teacher).__name__)
 
     def class_names(self):
         return cfgmod.label_names(self.cfg, 'TrainDataset')

@@ -184,6 +184,10 @@ class SegmentationTask:
         # The whole forward on the image: PaddleSeg models take the image tensor.
         return (lambda model, batch, names: model(batch['img'])), None
 
+    @staticmethod
+    def teacher_tail(teacher):
+        return None
+
     def _dataset(self, section):
         spec = self.seg.dic.get(section)
         if not isinstance(spec, dict):
