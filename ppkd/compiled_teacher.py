@@ -35,6 +35,7 @@ import paddle
 import paddle.nn as nn
 
 from ppkd import compat
+from ppkd.errors import describe
 from ppkd.teacher import ROI_FEATURES
 from ppkd.threads import restore_threads
 
@@ -315,8 +316,7 @@ def _compiled_and_checked(model, recorder, image_part, image, reference, engine,
         compiled.output_index = program.output_index
         outputs = [unique[i].numpy() for i in compiled.output_index]
     except Exception as e:  # noqa: BLE001  any failure to compile: fall back, say so
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else ''
-        return None, f'{engine} failed ({type(e).__name__}: {message})'
+        return None, f'{engine} failed ({describe(e)})'
     finally:
         recorder.clear()
     if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):

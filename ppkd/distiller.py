@@ -10,7 +10,7 @@ import paddle.nn as nn
 
 from ppkd.balancing import AutoBalance, WeightSchedule
 from ppkd.compiled_teacher import compile_teacher
-from ppkd.errors import PPKDError
+from ppkd.errors import PPKDError, describe
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
 from ppkd.tasks.detection import DetectionTask
@@ -160,18 +160,21 @@ class Distiller(nn.Layer):
         try:
             outputs, _ = self.compiled_roi_layers.record(inputs[ROI_FEATURES])
         except Exception as e:  # noqa: BLE001  as the compiled image part: fall back, say so
-            logger.warning("compiled teacher's RoI head failed (%s: %s); running it in dygraph", type(e).__name__,
-                           str(e).strip().splitlines()[-1] if str(e).strip() else '')
+            self.teacher_recorder.outputs = recorded_so_far
             self.compiled_roi_layers = None
-            self._restore_teacher_weights()
-            outputs = {}
-        self.teacher_recorder.outputs = recorded_so_far
-        if self.compiled_roi_layers is None:
+            self._fall_back_to_dygraph("teacher's RoI head", e)
             return self._teacher_tail[1](model, inputs, names)
+        self.teacher_recorder.outputs = recorded_so_far
         for name, recorded in outputs.items():
             if recorded:
                 self.teacher_recorder.outputs.setdefault(name, []).extend(recorded)
         return []
+
+    def _fall_back_to_dygraph(self, part, error):
+        """A compiled part of the teacher failed in training: say so, and give
+        the dygraph teacher back the weights it will now run on."""
+        logger.warning('compiled %s failed (%s); running it in dygraph', part, describe(error))
+        self._restore_teacher_weights()
 
     def _release_teacher_weights(self):
         """The predictor holds its own copy of the weights and nothing else
@@ -293,10 +296,8 @@ class Distiller(nn.Layer):
             try:
                 outputs, feats = self.compiled_teacher.record(self.task.images(inputs))
             except Exception as e:  # noqa: BLE001  e.g. an input the compiled form refuses: fall back, say so
-                logger.warning('compiled teacher failed (%s: %s); running it in dygraph', type(e).__name__,
-                               str(e).strip().splitlines()[-1] if str(e).strip() else '')
                 self.compiled_teacher = None
-                self._restore_teacher_weights()
+                self._fall_back_to_dygraph('teacher', e)
             else:
                 self.teacher_recorder.outputs = outputs
                 rest = self._teacher_forwards[1]

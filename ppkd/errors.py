@@ -11,6 +11,13 @@ class PPKDError(Exception):
     exit_code = 2
 
 
+def describe(error):
+    """`error` as one line: its type and the last line of its message (a
+    wrapped error's message ends with the cause)."""
+    message = str(error).strip()
+    return f'{type(error).__name__}: {message.splitlines()[-1] if message else ""}'
+
+
 class StoppedBySignal(PPKDError):
     """Training stopped by SIGTERM (a preempted job) after saving where it was."""
     exit_code = 143

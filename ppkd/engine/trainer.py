@@ -22,7 +22,7 @@ from ppkd.engine.checkpoint import load_resume_state, optimizer_state_for_loadin
 from ppkd.data.loader import endless_batches
 from ppkd.engine.visualdl import VisualDLLog
 from ppkd.distiller import Distiller
-from ppkd.errors import PPKDError, StoppedBySignal
+from ppkd.errors import PPKDError, StoppedBySignal, describe
 from ppkd.tasks import task_of
 from ppkd.teacher import load_weights
 from ppkd.threads import cpu_tuner
@@ -198,7 +198,7 @@ class Trainer:
         except (AssertionError, KeyError, ValueError, TypeError) as e:
             raise PPKDError(f'{prefix}.pdstate: its optimizer state does not fit this run\'s model and optimizer '
                             f'(a distillation checkpoint resumed without its teacher, or another optimizer?): '
-                            f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}') from None
+                            f'{describe(e)}') from None
         extra = state.get('extra') or {}
         if extra.get('distill_losses') and hasattr(self.model, 'distill_losses'):
             self.model.distill_losses.set_state_dict(extra['distill_losses'])
