@@ -1,10 +1,12 @@
 """Distillation step time: the student alone, ppkd's distill step, ppdet's
 own DistillModel with the same loss, and the teacher's forward alone, each
-in its own process (so each has its own peak RSS), on the same batches.
+in its own process (so each has its own peak RSS), on the same batches;
+with `--same_process`, all in one process, stepped in turn.
 
     .venv/bin/python bench/step_time.py [--distill_config configs/bccd/distill_fine_grained.yml]
         [--teacher configs/bccd/teacher_yolov3_r34.yml] [--teacher_weights W] [--input_size 320]
-        [--batch_size 2] [--steps 20] [--warmup 3] [--repeat 1] [--modes ...] [--breakdown] [--json] [--save NAME]
+        [--batch_size 2] [--steps 20] [--warmup 3] [--repeat 1] [--modes ...] [--same_process] [--breakdown]
+        [--json] [--save NAME]
 
 Steps are timed on batches loaded beforehand (median over `--steps` after
 `--warmup`): forward, backward, optimizer update, as ppkd's trainer does
@@ -14,9 +16,17 @@ to_static; for Faster R-CNN also with the RoI head's layers in dygraph, as
 before they were compiled). The data loader is timed apart, batches per second with
 `--workers` processes, with and without shared memory, to show whether it
 keeps up with the step. `--repeat N` runs every mode N times, interleaved,
-and reports each run. `--breakdown` also times the parts of ppkd's step
-(student forward, teacher image part and the part on the student's
-outputs, each loss, backward and update). Without `--teacher_weights` the
+and reports each run. Processes differ: the same mode's median has moved
+by 17 % from one process to the next, and ppkd's backward, timed in its
+own process, once looked 0.4 s longer than the student's timed in
+another, where in one process the two took the same time.
+`--same_process` builds every mode in one process and steps them in turn,
+batch by batch, so that the machine's slow spells and the process's own
+luck hit every mode alike (the peak RSS is then that of all of them).
+`--breakdown` also times the parts of ppkd's step (student forward,
+teacher image part and the part on the student's outputs, each loss,
+backward and update), and the student's forward and its backward and
+update. Without `--teacher_weights` the
 teacher has random weights whose BatchNorm statistics are first calibrated
 on the data (timing does not depend on the weights' values, but
 unnormalised activations would overflow).
@@ -43,6 +53,7 @@ with contextlib.redirect_stdout(sys.stderr):
     from ppkd.builder import build_distiller, build_model  # noqa: E402
     from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
     from ppkd.engine.trainer import amp_available, amp_scaler, apply_gradients  # noqa: E402
+    from ppkd.heap import keep_freed_heap  # noqa: E402
     from ppkd.teacher import freeze  # noqa: E402
     from ppkd.utils import atomic_write_text  # noqa: E402
 
@@ -94,19 +105,26 @@ def _batches(cfg, n):
     return out
 
 
-def _time_steps(step, batches, warmup, after_warmup=None):
-    for batch in batches[:warmup]:
-        step(batch)
-    if after_warmup:
-        after_warmup()
-    times, cpu = [], []
-    for batch in batches[warmup:]:
-        tic, cpu_tic = time.perf_counter(), time.process_time()
-        step(batch)
-        times.append(time.perf_counter() - tic)
-        cpu.append(time.process_time() - cpu_tic)
+def _time_steps(steppers, batches, warmup):
+    """Step each of `steppers` ({mode: (step, parts)}) on every batch, in
+    turn, the order rotating from batch to batch: {mode: (seconds of each
+    step after `warmup`, cores kept busy on average)}. A mode's `parts`
+    timers (or None) are cleared after the warm-up."""
+    modes = list(steppers)
+    times, cpu = {m: [] for m in modes}, {m: [] for m in modes}
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            for _, parts in steppers.values():
+                if parts is not None:
+                    parts.clear()
+        for mode in modes[i % len(modes):] + modes[:i % len(modes)]:
+            tic, cpu_tic = time.perf_counter(), time.process_time()
+            steppers[mode][0](batch)
+            if i >= warmup:
+                times[mode].append(time.perf_counter() - tic)
+                cpu[mode].append(time.process_time() - cpu_tic)
     # Cores kept busy on average: how much room the step leaves.
-    return times, sum(cpu) / sum(times)
+    return {m: (times[m], sum(cpu[m]) / sum(times[m])) for m in modes}
 
 
 def _train_step(model, optimizer, amp, update=apply_gradients):
@@ -120,30 +138,32 @@ def _train_step(model, optimizer, amp, update=apply_gradients):
     return step
 
 
+def _timed(parts, name, fn):
+    """`fn`, adding the seconds of each call to parts[name]."""
+    def run(*args, **kwargs):
+        tic = time.perf_counter()
+        out = fn(*args, **kwargs)
+        parts.setdefault(name, []).append(time.perf_counter() - tic)
+        return out
+    return run
+
+
 def _time_parts(distiller):
     """Wrap the parts of ppkd's distill step with timers: {part: [seconds
     of each call]}, and the timed update (backward, optimizer) to step with."""
     parts = {}
-
-    def timed(name, fn):
-        def run(*args, **kwargs):
-            tic = time.perf_counter()
-            out = fn(*args, **kwargs)
-            parts.setdefault(name, []).append(time.perf_counter() - tic)
-            return out
-        return run
     task = distiller.task
-    task.student_loss = timed('student forward and detection loss', task.student_loss)
+    task.student_loss = _timed(parts, 'student forward and detection loss', task.student_loss)
     if distiller.compiled_teacher is not None:
         compiled = distiller.compiled_teacher
-        compiled.record = timed(f'teacher image part ({compiled.engine})', compiled.record)
+        compiled.record = _timed(parts, f'teacher image part ({compiled.engine})', compiled.record)
     image_part, rest = distiller._teacher_forwards or (None, None)
     if image_part is not None:
-        distiller._teacher_forwards = (timed('teacher image part (dygraph)', image_part),
-                                       rest and timed('teacher part on the student\'s outputs', rest))
+        distiller._teacher_forwards = (_timed(parts, 'teacher image part (dygraph)', image_part),
+                                       rest and _timed(parts, 'teacher part on the student\'s outputs', rest))
     for loss in distiller.distill_losses:
-        loss.forward = timed(f'loss {type(loss).__name__}', loss.forward)
-    return parts, timed('backward and update', apply_gradients)
+        loss.forward = _timed(parts, f'loss {type(loss).__name__}', loss.forward)
+    return parts, _timed(parts, 'backward and update', apply_gradients)
 
 
 def _teacher_form(distiller):
@@ -177,64 +197,79 @@ def _ppdet_distill_model(student_cfg, args):
     return model
 
 
-def measure(mode, args):
-    """One mode, in this process: {'median_s', 'mean_s', 'steps', 'peak_rss_mb', ...}."""
+def _stepper(mode, args, batches, amp):
+    """One mode's model, built: (step(batch), its parts' timers or None,
+    what the result says of its teacher)."""
     student_cfg, teacher_cfg = _cfgs(args, mode)
-    amp = amp_available(student_cfg) if args.amp else False  # as the trainer decides it
-    n = args.warmup + args.steps
-    result = {'mode': mode}
-    if mode.startswith('loader'):
-        reader = build_reader(student_cfg, 'Train')
-        tic, times = time.perf_counter(), []
-        for epoch in range(100):
-            for _ in epoch_batches(reader, epoch):
-                times.append(time.perf_counter() - tic)
-                tic = time.perf_counter()
-                if len(times) == n:
-                    break
+    paddle.seed(0)
+    if mode == 'student':
+        model = build_model(student_cfg)
+        model.train()
+        parts, update = {}, apply_gradients
+        if args.breakdown:
+            model.forward = _timed(parts, 'forward and detection loss', model.forward)
+            update = _timed(parts, 'backward and update', apply_gradients)
+        return _train_step(model, _optimizer(student_cfg, model), amp, update), parts if args.breakdown else None, {}
+    if mode == 'ppdet':
+        model = _ppdet_distill_model(student_cfg, args)
+        return _train_step(model, _optimizer(student_cfg, model.student_model), amp), None, {}
+    model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
+    model.train()
+    if mode == 'ppkd_roi_head_dygraph':  # the teacher's second part as before it had a compiled end
+        model._teacher_tail = None
+    model.prepare_teacher(batches[0])
+    if mode.startswith('ppkd'):
+        parts, update = _time_parts(model) if args.breakdown else (None, apply_gradients)
+        return _train_step(model, _optimizer(student_cfg, model), amp, update), parts, _teacher_form(model)
+    # ppkd's teacher as a distill step runs it: frozen, only as far as the losses read.
+    name = model.teacher_recorder.names[0]
+
+    def forward(batch):
+        with paddle.no_grad(), paddle.amp.auto_cast(enable=amp):
+            model.run_teacher(batch)
+        float(model.teacher_recorder.outputs[name][-1].sum())
+        model.teacher_recorder.clear()
+    return forward, None, _teacher_form(model)
+
+
+def _loader_times(mode, args, n):
+    reader, tic, times = build_reader(_cfgs(args, mode)[0], 'Train'), time.perf_counter(), []
+    for epoch in range(100):
+        for _ in epoch_batches(reader, epoch):
+            times.append(time.perf_counter() - tic)
+            tic = time.perf_counter()
             if len(times) == n:
-                break
-        times, cores = times[args.warmup:], None
-    else:
-        batches = _batches(student_cfg, n)
-        paddle.seed(0)
-        if mode == 'student':
-            model = build_model(student_cfg)
-            model.train()
-            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp), batches, args.warmup)
-        elif mode.startswith('ppkd'):
-            model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
-            model.train()
-            if mode == 'ppkd_roi_head_dygraph':  # the teacher's second part as before it had a compiled end
-                model._teacher_tail = None
-            model.prepare_teacher(batches[0])
-            result.update(_teacher_form(model))
-            parts, update = _time_parts(model) if args.breakdown else (None, apply_gradients)
-            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model), amp, update), batches,
-                                       args.warmup, after_warmup=None if parts is None else parts.clear)
+                return times[args.warmup:]
+
+
+def measure(modes, args):
+    """`modes` in this process, stepped in turn on the same batches: one
+    result each, {'mode', 'median_s', 'mean_s', 'steps', 'peak_rss_mb', ...};
+    the peak RSS is this process's."""
+    amp = amp_available(_cfgs(args)[0]) if args.amp else False  # as the trainer decides it
+    keep_freed_heap(_cfgs(args)[0])  # as the trainer does
+    n = args.warmup + args.steps
+    loaders = {m: (_loader_times(m, args, n), None) for m in modes if m.startswith('loader')}
+    steppers = {m: None for m in modes if m not in loaders}
+    built = {}
+    if steppers:
+        batches = _batches(_cfgs(args)[0], n)
+        built = {m: _stepper(m, args, batches, amp) for m in steppers}
+        steppers = {m: (step, parts) for m, (step, parts, _) in built.items()}
+        timed = _time_steps(steppers, batches, args.warmup)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results = []
+    for mode in modes:
+        times, cores = loaders[mode] if mode in loaders else timed[mode]
+        result = dict(mode=mode, median_s=statistics.median(times), mean_s=statistics.fmean(times), steps=len(times),
+                      cores_busy=cores, peak_rss_mb=peak_rss_mb)
+        if mode in built:
+            result.update(built[mode][2])
+            parts = steppers[mode][1]
             if parts is not None:
                 result['parts_mean_s'] = {k: sum(v) / len(times) for k, v in parts.items()}
-        elif mode == 'ppdet':
-            model = _ppdet_distill_model(student_cfg, args)
-            times, cores = _time_steps(_train_step(model, _optimizer(student_cfg, model.student_model), amp),
-                                batches, args.warmup)
-        elif mode.startswith('teacher'):
-            # ppkd's teacher as a distill step runs it: frozen, only as far as the losses read.
-            model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
-            model.train()
-            model.prepare_teacher(batches[0])
-            result.update(_teacher_form(model))
-            name = model.teacher_recorder.names[0]
-
-            def forward(batch):
-                with paddle.no_grad(), paddle.amp.auto_cast(enable=amp):
-                    model.run_teacher(batch)
-                float(model.teacher_recorder.outputs[name][-1].sum())
-                model.teacher_recorder.clear()
-            times, cores = _time_steps(forward, batches, args.warmup)
-    result.update(median_s=statistics.median(times), mean_s=statistics.fmean(times), steps=len(times), cores_busy=cores,
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return result
+        results.append(result)
+    return results
 
 
 def _calibrated_teacher(args):
@@ -288,8 +323,9 @@ RATIOS = [('ppkd', 'student', '(b)/(a) ppkd distill / student'),
 def table(results, args):
     by = {r['mode']: r for r in results}
     repeated = args.repeat > 1
-    lines = ['| run | median step (s) |%s mean (s) | steps | cores busy | peak RSS (MB) | teacher runs as | '
-             'teacher BatchNorms left |' % (' each run |' if repeated else ''),
+    rss = "the process's peak RSS, every mode in it (MB)" if args.same_process else 'peak RSS (MB)'
+    lines = ['| run | median step (s) |%s mean (s) | steps | cores busy | %s | teacher runs as | '
+             'teacher BatchNorms left |' % (' each run |' if repeated else '', rss),
              '|---|---|%s---|---|---|---|---|---|' % ('---|' if repeated else '')]
     for r in results:
         each = ' %s |' % ', '.join('%.3f' % m for m in r['run_medians_s']) if repeated else ''
@@ -308,8 +344,11 @@ def table(results, args):
     setting = (f'{os.path.relpath(args.distill_config, ROOT)} with teacher {os.path.relpath(args.teacher, ROOT)}, '
                f'{args.input_size} px, batch {args.batch_size}, {os.environ.get("OMP_NUM_THREADS")} CPU threads, '
                f'paddle {paddle.__version__}, loader workers {args.workers}' + (', AMP' if args.amp else '')
-               + (f', {args.steps} steps after {args.warmup} warm-up, each mode run {args.repeat} times interleaved'
-                  if repeated else f', {args.steps} steps after {args.warmup} warm-up')
+               + f', {args.steps} steps after {args.warmup} warm-up'
+               + (', every mode in one process, stepped in turn batch by batch (the order rotating)'
+                  if args.same_process else '')
+               + (f', {args.repeat} runs' + ('' if args.same_process else ' of each mode, interleaved')
+                  if repeated else '')
                + (f', teacher weights {args.weights_given}' if args.weights_given else
                   ', random teacher weights with data-calibrated BatchNorm statistics'))
     breakdown = ['%s, mean seconds a step: %s; the rest (recording, the step\'s own sums) %.3f' % (
@@ -337,13 +376,16 @@ def main():
                    help="ppkd's modes: also the mean time a step spends in each of its parts")
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.add_argument('--save', default=None, help='write bench/results/NAME.{md,json}')
-    p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: measure one mode
+    p.add_argument('--same_process', action='store_true',
+                   help='every mode in one process, stepped in turn batch by batch (each --repeat a process of its '
+                        'own): the machine\'s slow spells and a process\'s own luck hit every mode alike')
+    p.add_argument('--here', nargs='+', default=None, help=argparse.SUPPRESS)  # internal: measure these modes
     p.add_argument('--tmp', default=None, help=argparse.SUPPRESS)
     p.add_argument('--lists', default=None, help=argparse.SUPPRESS)
     p.add_argument('--num_classes', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one, args)))
+    if args.here:
+        print(json.dumps(measure(args.here, args)))
         return
     student_cfg = cfgmod.load_config(args.distill_config)
     loss_names = (student_cfg.get('distill') or {}).get('losses') or []
@@ -363,17 +405,19 @@ def main():
                       (['--amp'] if args.amp else []) + (['--breakdown'] if args.breakdown else []) + \
                       (['-o', *args.opt] if args.opt else [])
         runs = {mode: [] for mode in modes}
+        groups = [modes] if args.same_process else [[mode] for mode in modes]
         for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every mode
-            for mode in modes:
-                out = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', mode, *passthrough],
+            for group in groups:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), '--here', *group, *passthrough],
                                      capture_output=True, text=True)
                 if out.returncode:
-                    sys.exit(f'error: mode {mode} failed:\n{out.stderr[-3000:]}')
-                runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f'{MODES[mode]}: median {runs[mode][-1]["median_s"]:.3f} s', file=sys.stderr, flush=True)
+                    sys.exit(f'error: mode(s) {" ".join(group)} failed:\n{out.stderr[-3000:]}')
+                for result in json.loads(out.stdout.strip().splitlines()[-1]):
+                    runs[result['mode']].append(result)
+                    print(f'{MODES[result["mode"]]}: median {result["median_s"]:.3f} s', file=sys.stderr, flush=True)
     results = [_summary(mode_runs) for mode_runs in runs.values()]
     text = table(results, args)
-    settings = {k: v for k, v in vars(args).items() if k not in ('one', 'tmp', 'lists', 'teacher_weights', 'num_classes', 'weights_given')}
+    settings = {k: v for k, v in vars(args).items() if k not in ('here', 'tmp', 'lists', 'teacher_weights', 'num_classes', 'weights_given')}
     settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__,
                     teacher_weights=args.weights_given or 'random, BatchNorm calibrated')
     payload = {'settings': settings, 'results': results}

@@ -80,7 +80,7 @@ def measure(args):
         with paddle.no_grad():
             model.run_teacher(batch, image_part_only=True)
         [float(o[-1].sum()) for o in model.teacher_recorder.outputs.values()]  # wait for the values
-    times, _ = _time_steps(forward, batches, args.warmup)
+    times, _ = _time_steps({'route': (forward, None)}, batches, args.warmup)['route']
 
     teacher = model.teacher
 

@@ -69,6 +69,10 @@ SETTINGS = {  # environment of each run; ppkd's default: every core, its CPU tun
     'one_thread': {'OMP_NUM_THREADS': '1'},
     'blocktime0': {'KMP_BLOCKTIME': '0'},
 }
+# previous's environment, with glibc's heap left to its own thresholds (ppkd before it kept the heap): the config
+# overrides of a setting's runs.
+SETTINGS['system_heap'] = dict(SETTINGS['previous'])
+SETTING_OPTS = {'system_heap': ['cpu_heap=system']}
 MODES = ('teacher', 'student', 'ppkd', 'ppkd_no_reuse', 'ppkd_bf16', 'ppkd_int8', 'ppdet')
 NAMES = {'teacher': 'teacher alone (tools/train.py)', 'student': 'student alone (tools/train.py)',
          'ppkd': 'ppkd distillation (distill.py)',
@@ -156,7 +160,7 @@ def pair_data(pair, dataset):
 def measure(pair, mode, setting, args, data, batch, reader_opts=()):
     out = tempfile.mkdtemp(prefix=f'{pair}_{mode}_{setting}_', dir=args.work_dir)
     opts = [f'dataset_dir={data}', *PAIRS[pair]['opts'], f'epoch={args.epochs}', f'snapshot_epoch={args.epochs}',
-            'log_iter=1', *reader_opts, *MODE_OPTS.get(mode, []), *args.opt]
+            'log_iter=1', *reader_opts, *MODE_OPTS.get(mode, []), *SETTING_OPTS.get(setting, []), *args.opt]
     env = {**os.environ, **SETTINGS[setting]}
     if setting != 'one_thread':
         env.pop('OMP_NUM_THREADS', None)  # ppkd's default: every core
@@ -301,7 +305,9 @@ def main():
                'epoch on; ppkd_no_reuse runs the teacher every step. ' if args.fixed_reader else '')
             + "default: every core with ppkd's CPU tuner (wait policy × BLAS threads; ppdet's loop has none); "
             "previous: every core for OpenMP and MKL, KMP_BLOCKTIME=200 (Intel OpenMP's default), no tuner "
-            '(ppkd before it); one_thread: OMP_NUM_THREADS=1; blocktime0: KMP_BLOCKTIME=0. Settings ppkd chose: '
+            '(ppkd before it); one_thread: OMP_NUM_THREADS=1; blocktime0: KMP_BLOCKTIME=0; system_heap: as previous, '
+            "and glibc's heap left to its own thresholds (cpu_heap: system; ppkd before it kept the heap). "
+            'Settings ppkd chose: '
             + '; '.join(f'{r["pair"]} {r["mode"]}/{r["setting"]} (round {r["round"] + 1}): {r["cpu_settings"]}'
                         for r in results if r['cpu_settings']))
     text = table(results, args.pairs, args.settings)

@@ -28,6 +28,31 @@ def test_step_time_runs_and_reports_json(tmp_path):
     assert 0 < sum(parts.values()) <= payload['results'][1]['mean_s']
 
 
+def test_same_process_steps_every_mode_in_one_process(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'step_time.py'), '--input_size', '64', '--steps', '2',
+           '--warmup', '1', '--modes', 'student', 'ppkd', '--same_process', '--breakdown', '--json', '--dataset',
+           BCCD if os.path.isdir(BCCD) else str(tmp_path / 'none')]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    student, ppkd = json.loads(out.stdout)['results']
+    assert student['steps'] == ppkd['steps'] == 2
+    assert student['peak_rss_mb'] == ppkd['peak_rss_mb']  # one process
+    assert set(student['parts_mean_s']) == {'forward and detection loss', 'backward and update'}
+    assert 0 < sum(student['parts_mean_s'].values()) <= student['mean_s']
+    assert 'backward and update' in ppkd['parts_mean_s']
+
+
+def test_modes_stepped_in_turn_take_turns_first():
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import step_time
+    calls = []
+    steppers = {m: (lambda batch, m=m: calls.append((batch, m)), None) for m in 'abc'}
+    timed = step_time._time_steps(steppers, [0, 1, 2, 3], warmup=1)
+    assert calls == [(0, 'a'), (0, 'b'), (0, 'c'), (1, 'b'), (1, 'c'), (1, 'a'),
+                     (2, 'c'), (2, 'a'), (2, 'b'), (3, 'a'), (3, 'b'), (3, 'c')]
+    assert all(len(times) == 3 for times, _ in timed.values())
+
+
 def test_demo_runs_end_to_end_and_reports_the_gap(tmp_path):
     """tools/demo.py on a tiny generated set with unlabeled images: three
     runs, one table, the share of the gap closed."""

@@ -25,6 +25,7 @@ from ppkd.distiller import Distiller
 from ppkd.errors import PPKDError, StoppedBySignal, describe
 from ppkd.tasks import task_of
 from ppkd.teacher import load_weights
+from ppkd.heap import keep_freed_heap
 from ppkd.threads import cpu_tuner
 
 logger = logging.getLogger('ppkd')
@@ -247,6 +248,7 @@ class Trainer:
         self.model.train()
         unlabeled = None if self.unlabeled_loader is None else endless_batches(self.task.batches,
                                                                                  self.unlabeled_loader, self.start_epoch)
+        keep_freed_heap(self.cfg)
         tuner = cpu_tuner(self.cfg)
         with _StopSignals().installed() as signals:
             return self._train_epochs(unlabeled, tuner, signals)
