@@ -33,6 +33,7 @@ unnormalised activations would overflow).
 """
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -205,11 +206,12 @@ def _stepper(mode, args, batches, amp):
     if mode == 'student':
         model = build_model(student_cfg)
         model.train()
-        parts, update = {}, apply_gradients
+        parts, update = None, apply_gradients
         if args.breakdown:
+            parts = {}
             model.forward = _timed(parts, 'forward and detection loss', model.forward)
             update = _timed(parts, 'backward and update', apply_gradients)
-        return _train_step(model, _optimizer(student_cfg, model), amp, update), parts if args.breakdown else None, {}
+        return _train_step(model, _optimizer(student_cfg, model), amp, update), parts, {}
     if mode == 'ppdet':
         model = _ppdet_distill_model(student_cfg, args)
         return _train_step(model, _optimizer(student_cfg, model.student_model), amp), None, {}
@@ -233,8 +235,9 @@ def _stepper(mode, args, batches, amp):
 
 
 def _loader_times(mode, args, n):
+    """Seconds from one of the reader's batches to the next, `n` of them, the warm-up left out."""
     reader, tic, times = build_reader(_cfgs(args, mode)[0], 'Train'), time.perf_counter(), []
-    for epoch in range(100):
+    for epoch in itertools.count():
         for _ in epoch_batches(reader, epoch):
             times.append(time.perf_counter() - tic)
             tic = time.perf_counter()
@@ -246,26 +249,26 @@ def measure(modes, args):
     """`modes` in this process, stepped in turn on the same batches: one
     result each, {'mode', 'median_s', 'mean_s', 'steps', 'peak_rss_mb', ...};
     the peak RSS is this process's."""
-    amp = amp_available(_cfgs(args)[0]) if args.amp else False  # as the trainer decides it
-    keep_freed_heap(_cfgs(args)[0])  # as the trainer does
+    student_cfg = _cfgs(args)[0]
+    amp = amp_available(student_cfg) if args.amp else False  # as the trainer decides it
+    keep_freed_heap(student_cfg)  # as the trainer does
     n = args.warmup + args.steps
-    loaders = {m: (_loader_times(m, args, n), None) for m in modes if m.startswith('loader')}
-    steppers = {m: None for m in modes if m not in loaders}
+    timed = {m: (_loader_times(m, args, n), None) for m in modes if m.startswith('loader')}
+    stepped = [m for m in modes if m not in timed]
     built = {}
-    if steppers:
-        batches = _batches(_cfgs(args)[0], n)
-        built = {m: _stepper(m, args, batches, amp) for m in steppers}
-        steppers = {m: (step, parts) for m, (step, parts, _) in built.items()}
-        timed = _time_steps(steppers, batches, args.warmup)
+    if stepped:
+        batches = _batches(student_cfg, n)
+        built = {m: _stepper(m, args, batches, amp) for m in stepped}
+        timed.update(_time_steps({m: (step, parts) for m, (step, parts, _) in built.items()}, batches, args.warmup))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results = []
     for mode in modes:
-        times, cores = loaders[mode] if mode in loaders else timed[mode]
+        times, cores = timed[mode]
         result = dict(mode=mode, median_s=statistics.median(times), mean_s=statistics.fmean(times), steps=len(times),
                       cores_busy=cores, peak_rss_mb=peak_rss_mb)
         if mode in built:
-            result.update(built[mode][2])
-            parts = steppers[mode][1]
+            _, parts, teacher_form = built[mode]
+            result.update(teacher_form)
             if parts is not None:
                 result['parts_mean_s'] = {k: sum(v) / len(times) for k, v in parts.items()}
         results.append(result)
