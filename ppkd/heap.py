@@ -20,7 +20,7 @@ GLIBC_TUNABLES) is left as it is, and `cpu_heap: system` in the config
 leaves glibc's own sliding thresholds.
 """
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 
@@ -34,11 +34,11 @@ TRIM_MB = 512
 USER_SETTINGS = ('MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES')
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
-    name = ctypes.util.find_library('c')
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name)
+    """The process's own C library, if it is glibc (looked up once: the
+    trainer and `applies_here` both ask)."""
+    libc = ctypes.CDLL(None)
     return libc if hasattr(libc, 'gnu_get_libc_version') and hasattr(libc, 'mallopt') else None
 
 

@@ -10,13 +10,17 @@ import pytest
 from conftest import BCCD, ROOT
 
 
-def test_step_time_runs_and_reports_json(tmp_path):
+def _step_time(tmp_path, *args):
+    """bench/step_time.py at 64 px, 2 steps, with --breakdown: its JSON payload."""
     cmd = [sys.executable, os.path.join(ROOT, 'bench', 'step_time.py'), '--input_size', '64', '--steps', '2',
-           '--warmup', '0', '--modes', 'student', 'ppkd', 'ppdet', 'teacher', '--breakdown', '--json', '--dataset',
-           BCCD if os.path.isdir(BCCD) else str(tmp_path / 'none')]
+           *args, '--breakdown', '--json', '--dataset', BCCD if os.path.isdir(BCCD) else str(tmp_path / 'none')]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    payload = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_step_time_runs_and_reports_json(tmp_path):
+    payload = _step_time(tmp_path, '--warmup', '0', '--modes', 'student', 'ppkd', 'ppdet', 'teacher')
     modes = [r['mode'] for r in payload['results']]
     assert modes == ['student', 'ppkd', 'ppdet', 'teacher']
     for r in payload['results']:
@@ -29,12 +33,7 @@ def test_step_time_runs_and_reports_json(tmp_path):
 
 
 def test_same_process_steps_every_mode_in_one_process(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'step_time.py'), '--input_size', '64', '--steps', '2',
-           '--warmup', '1', '--modes', 'student', 'ppkd', '--same_process', '--breakdown', '--json', '--dataset',
-           BCCD if os.path.isdir(BCCD) else str(tmp_path / 'none')]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    student, ppkd = json.loads(out.stdout)['results']
+    student, ppkd = _step_time(tmp_path, '--warmup', '1', '--modes', 'student', 'ppkd', '--same_process')['results']
     assert student['steps'] == ppkd['steps'] == 2
     assert student['peak_rss_mb'] == ppkd['peak_rss_mb']  # one process
     assert set(student['parts_mean_s']) == {'forward and detection loss', 'backward and update'}
