@@ -26,9 +26,12 @@ luck hit every mode alike (the peak RSS is then that of all of them).
 `--breakdown` also times the parts of ppkd's step (student forward,
 teacher image part and the part on the student's outputs, each loss,
 backward and update), and the student's forward and its backward and
-update. Without `--teacher_weights` the
-teacher has random weights whose BatchNorm statistics are first calibrated
-on the data (timing does not depend on the weights' values, but
+update; and how many floating-point operations the teacher's image part
+does a step (its convolutions and fully connected layers, counted on the
+dygraph teacher) against the rate a large float32 matrix product reaches
+in the same process: how far a faster float32 teacher could go. Without
+`--teacher_weights` the teacher has random weights whose BatchNorm
+statistics are first calibrated on the data (timing does not depend on the weights' values, but
 unnormalised activations would overflow).
 """
 import argparse
@@ -167,6 +170,42 @@ def _time_parts(distiller):
     return parts, _timed(parts, 'backward and update', apply_gradients)
 
 
+def _image_part_gflop(distiller, batch):
+    """Floating-point operations (multiply and add: two) of the teacher's
+    image part on `batch`, in its convolutions and fully connected layers,
+    counted on the dygraph teacher: GFLOP a step."""
+    macs = []
+
+    def count(layer, inputs, output):
+        weight = layer.weight.shape  # Conv2D [out, in/groups, kh, kw]; Linear [in, out]
+        per_output = weight[1] * weight[2] * weight[3] if len(weight) == 4 else weight[0]
+        macs.append(output.numel().item() * per_output)
+    hooks = [layer.register_forward_post_hook(count) for layer in distiller.teacher.sublayers()
+             if isinstance(layer, (paddle.nn.Conv2D, paddle.nn.Linear))]
+    with paddle.no_grad():
+        distiller._teacher_forwards[0](distiller.teacher, batch, set(distiller.teacher_recorder.names))
+    distiller.teacher_recorder.clear()
+    for hook in hooks:
+        hook.remove()
+    return 2 * sum(macs) / 1e9
+
+
+def _matmul_gflops(size=2048, repeat=5):
+    """A tuned BLAS's float32 matrix product rate in this process (numpy's
+    OpenBLAS, its threads from OMP_NUM_THREADS as the steps'), GFLOP/s, the
+    best of `repeat`: the rate this CPU reaches on convolution-like work.
+    (Paddle's own dygraph matmul is no ceiling: it ran at under a third of
+    numpy's rate here.)"""
+    import numpy as np  # loaded after ppkd has set the thread count
+    a, b = (np.random.default_rng(i).random((size, size), dtype=np.float32) for i in range(2))
+    best = float('inf')
+    for _ in range(repeat):
+        tic = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - tic)
+    return 2 * size ** 3 / best / 1e9
+
+
 def _teacher_form(distiller):
     compiled = distiller.compiled_teacher
     return {'teacher_engine': 'dygraph' if compiled is None else compiled.engine + (
@@ -219,10 +258,12 @@ def _stepper(mode, args, batches, amp):
     model.train()
     if mode == 'ppkd_roi_head_dygraph':  # the teacher's second part as before it had a compiled end
         model._teacher_tail = None
+    gflop = _image_part_gflop(model, batches[0]) if args.breakdown and model._teacher_forwards else None
     model.prepare_teacher(batches[0])
     if mode.startswith('ppkd'):
         parts, update = _time_parts(model) if args.breakdown else (None, apply_gradients)
-        return _train_step(model, _optimizer(student_cfg, model), amp, update), parts, _teacher_form(model)
+        form = dict(_teacher_form(model), **({'teacher_image_gflop': gflop} if gflop else {}))
+        return _train_step(model, _optimizer(student_cfg, model), amp, update), parts, form
     # ppkd's teacher as a distill step runs it: frozen, only as far as the losses read.
     name = model.teacher_recorder.names[0]
 
@@ -261,6 +302,7 @@ def measure(modes, args):
         built = {m: _stepper(m, args, batches, amp) for m in stepped}
         timed.update(_time_steps({m: (step, parts) for m, (step, parts, _) in built.items()}, batches, args.warmup))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ceiling = _matmul_gflops() if any('teacher_image_gflop' in form for _, _, form in built.values()) else None
     results = []
     for mode in modes:
         times, cores = timed[mode]
@@ -269,6 +311,8 @@ def measure(modes, args):
         if mode in built:
             _, parts, teacher_form = built[mode]
             result.update(teacher_form)
+            if 'teacher_image_gflop' in teacher_form:
+                result['matmul_gflops'] = ceiling
             if parts is not None:
                 result['parts_mean_s'] = {k: sum(v) / len(times) for k, v in parts.items()}
         results.append(result)
@@ -309,6 +353,8 @@ def _summary(runs):
                    mean_s=statistics.fmean(r['mean_s'] for r in runs),
                    peak_rss_mb=max(r['peak_rss_mb'] for r in runs),
                    run_medians_s=[r['median_s'] for r in runs])
+    if 'matmul_gflops' in summary:
+        summary['matmul_gflops'] = max(r['matmul_gflops'] for r in runs)
     if 'parts_mean_s' in summary:
         summary['parts_mean_s'] = {k: statistics.fmean(r['parts_mean_s'][k] for r in runs)
                                    for k in summary['parts_mean_s']}
@@ -357,7 +403,17 @@ def table(results, args):
     breakdown = ['%s, mean seconds a step: %s; the rest (recording, the step\'s own sums) %.3f' % (
         MODES[r['mode']], '; '.join('%s %.3f' % kv for kv in r['parts_mean_s'].items()),
         r['mean_s'] - sum(r['parts_mean_s'].values())) for r in results if r.get('parts_mean_s')]
+    breakdown += [_teacher_rate(r) for r in results if r.get('teacher_image_gflop') and r.get('parts_mean_s')]
     return '\n'.join(lines + [''] + [f'- {r}' for r in ratios + breakdown] + ['', setting]) + '\n'
+
+
+def _teacher_rate(result):
+    """How near the teacher's image part runs to this CPU's float32 ceiling."""
+    part, seconds = next((k, v) for k, v in result['parts_mean_s'].items() if k.startswith('teacher image part'))
+    gflop = result['teacher_image_gflop']
+    return (f'{MODES[result["mode"]]}, {part}: {gflop:.1f} GFLOP a step (its convolutions and fully connected '
+            f'layers), {gflop / seconds:.0f} GFLOP/s; a 2048² float32 matrix product (numpy\'s BLAS) in the same '
+            f'process: {result["matmul_gflops"]:.0f} GFLOP/s')
 
 
 def main():

@@ -3,7 +3,10 @@ teacher as a distill step runs it (dygraph; Paddle Inference in float32;
 Paddle Inference with its convolutions in bfloat16, or quantised to int8),
 timed on training batches and scored on the test set through the same
 route. A route this CPU cannot run fast falls back to float32, as
-training would (the `runs as` column says so).
+training would (the `runs as` column says so); with `--unchecked`, every
+route runs as asked — on a CPU without its instructions, and with outputs
+further from float32 than ppkd's check allows — to measure what the route
+itself would give.
 
     .venv/bin/python bench/teacher_routes.py [--teacher_weights W] [--routes dygraph inference bfloat16 int8]
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +32,7 @@ from common import ROOT, cpu_model, train_teacher
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from demo import DEMO_TEACHER, ensure_demo_data  # noqa: E402
+from ppkd.compiled_teacher import TOLERANCES  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
 DISTILL = os.path.join(ROOT, 'configs', 'demo', 'distill_fine_grained.yml')
@@ -41,15 +46,32 @@ ROUTES = {  # name: (distill overrides, label)
 }
 
 
+CHECK_LINE = re.compile(r'^teacher: compiled by .* outputs within (\S+) of dygraph')
+
+
 class _Warnings(logging.Handler):
-    """The warnings ppkd logs while it builds the route's teacher (why it runs otherwise than asked)."""
+    """The warnings ppkd logs while it builds the route's teacher (why it runs otherwise than asked), and its
+    check's line (how far the compiled outputs are from dygraph's)."""
 
     def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
+        super().__init__(logging.INFO)
+        self.messages, self.difference = [], None
 
     def emit(self, record):
-        self.messages.append(record.getMessage())
+        message = record.getMessage()
+        checked = CHECK_LINE.search(message)
+        if record.levelno >= logging.WARNING:
+            self.messages.append(message)
+        elif checked:
+            self.difference = float(checked.group(1))
+
+
+def _unchecked():
+    """ppkd's compiled teacher, in this process: every precision taken as this CPU's, any difference from dygraph
+    accepted (the check still measures and logs it)."""
+    from ppkd import compiled_teacher
+    compiled_teacher.CPU_SUPPORT = {p: (lambda: True, needs) for p, (_, needs) in compiled_teacher.CPU_SUPPORT.items()}
+    compiled_teacher.TOLERANCES = dict.fromkeys(compiled_teacher.TOLERANCES, float('inf'))
 
 
 def measure(args):
@@ -62,6 +84,8 @@ def measure(args):
     from ppkd.losses.yolov3 import YOLOV3_HEAD_OUTPUTS
     from step_time import _batches, _time_steps
 
+    if args.unchecked:
+        _unchecked()
     # The route's teacher runs on every batch: outputs kept per image would also answer the evaluation's images.
     opts = [f'dataset_dir={args.data}', *ROUTES[args.child][0], 'distill.reuse_teacher_outputs=false', *args.opt]
     student_cfg = cfgmod.load_config(args.distill_config, opts)
@@ -96,7 +120,7 @@ def measure(args):
             return {'bbox': bbox, 'bbox_num': bbox_num}
 
     scores = evaluate(teacher_cfg, TeacherThroughRoute())
-    return {'route': args.child, 'engine': engine, 'warnings': warnings.messages,
+    return {'route': args.child, 'engine': engine, 'warnings': warnings.messages, 'difference': warnings.difference,
             'median_s': statistics.median(times), 'steps': len(times),
             'mAP': scores['mAP'], 'per_class': scores['per_class'], 'images': scores['images']}
 
@@ -113,6 +137,9 @@ def main():
     p.add_argument('--repeat', type=int, default=2, help='rounds of every route, interleaved')
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'teacher_routes'))
     p.add_argument('-o', '--opt', nargs='*', default=[], help='overrides for both configs')
+    p.add_argument('--unchecked', action='store_true',
+                   help="every route as asked: where this CPU lacks its instructions, and whatever its outputs' "
+                        "difference from dygraph (not what training would run)")
     p.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.data is None:
@@ -144,8 +171,8 @@ def write(runs, args):
     dygraph = [r for r in runs if r['route'] == 'dygraph']
     reference = dygraph[-1] if dygraph else None
     base = statistics.median(r['median_s'] for r in dygraph) if dygraph else None
-    lines = ['| route | runs as | teacher forward, median (s) | each round | vs dygraph | mAP | Δ mAP vs dygraph |',
-             '|---|---|---|---|---|---|---|']
+    lines = ['| route | runs as | teacher forward, median (s) | each round | vs dygraph | mAP | Δ mAP vs dygraph '
+             '| largest difference from dygraph at the check |', '|---|---|---|---|---|---|---|---|']
     summary = {}
     for route in args.routes:
         rs = [r for r in runs if r['route'] == route]
@@ -156,21 +183,27 @@ def write(runs, args):
         summary[route] = {'median_s': median, 'mAP': mean_map, 'engine': rs[-1]['engine']}
         # A route that ran otherwise than asked, in some round: what it ran as and why.
         engines = '; '.join(sorted({r['engine'] + ''.join(f' ({w})' for w in r.get('warnings', [])) for r in rs}))
-        lines.append('| %s | %s | %.3f | %s | %s | %s | %s |' % (
+        differences = [r['difference'] for r in rs if r.get('difference') is not None]
+        lines.append('| %s | %s | %.3f | %s | %s | %s | %s | %s |' % (
             ROUTES[route][1], engines, median, ', '.join('%.3f' % r['median_s'] for r in rs),
             '%.2f×' % (median / base) if base else '',
             '%.2f' % mean_map + (' (%s)' % ', '.join('%.2f' % m for m in scores) if len(set(scores)) > 1 else ''),
-            '%+.2f' % (mean_map - reference['mAP']) if reference else ''))
+            '%+.2f' % (mean_map - reference['mAP']) if reference else '',
+            ', '.join('%.2g' % d for d in differences)))
     settings = {'cpu': cpu_model(), 'teacher': os.path.relpath(args.teacher, ROOT), 'weights': args.teacher_weights,
                 'distill_config': os.path.relpath(args.distill_config, ROOT), 'steps': args.steps,
                 'warmup': args.warmup, 'repeat': args.repeat, 'threads': os.environ.get('OMP_NUM_THREADS', 'all cores'),
-                'opt': args.opt}
+                'opt': args.opt, 'unchecked': args.unchecked}
     note = (f'The teacher\'s image part as a distill step runs it, median over {args.steps} training batches after '
-            f'{args.warmup} (demo reader: input size and batch of the distill config), each route in its own '
+            f'{args.warmup} (the distill config\'s reader, its input size and batch), each route in its own '
             f'process, {args.repeat} interleaved rounds; mAP (VOC, %) over the {runs[-1]["images"]} test images '
             'through the same route (the teacher\'s own decoding and NMS on the route\'s head maps), the mean over '
-            'the rounds (each in brackets where they differ). '
-            f'Threads: {settings["threads"]}. CPU: {settings["cpu"]}.')
+            'the rounds (each in brackets where they differ); the check\'s difference is the largest |compiled - '
+            'dygraph| over the largest |dygraph| output on the first batch, each round (ppkd allows '
+            + ', '.join(f'{p} {t:g}' for p, t in TOLERANCES.items()) + '). '
+            + ('Unchecked: every route ran as asked, whatever this CPU has and whatever its check found. '
+               if args.unchecked else '')
+            + f'Threads: {settings["threads"]}. CPU: {settings["cpu"]}.')
     atomic_write_text(args.out + '.json', json.dumps({'settings': settings, 'runs': runs, 'summary': summary},
                                                      indent=1) + '\n')
     atomic_write_text(args.out + '.md', '\n'.join(lines) + '\n\n' + note + '\n')

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -30,6 +31,7 @@ def test_step_time_runs_and_reports_json(tmp_path):
     assert {'student forward and detection loss', 'loss YOLOv3FineGrainedDistill', 'backward and update'} <= set(parts)
     assert any(p.startswith('teacher image part') for p in parts)
     assert 0 < sum(parts.values()) <= payload['results'][1]['mean_s']
+    assert payload['results'][1]['teacher_image_gflop'] > 0 and payload['results'][1]['matmul_gflops'] > 0
 
 
 def test_same_process_steps_every_mode_in_one_process(tmp_path):
@@ -39,6 +41,26 @@ def test_same_process_steps_every_mode_in_one_process(tmp_path):
     assert set(student['parts_mean_s']) == {'forward and detection loss', 'backward and update'}
     assert 0 < sum(student['parts_mean_s'].values()) <= student['mean_s']
     assert 'backward and update' in ppkd['parts_mean_s']
+
+
+def test_image_part_operations_counted_in_convolutions_and_fully_connected_layers():
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import paddle
+    import step_time
+
+    class Recorder:
+        names = []
+
+        def clear(self):
+            pass
+    teacher = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding=1, groups=1), paddle.nn.Flatten(),
+                                   paddle.nn.Linear(4 * 8 * 8, 5))
+    distiller = types.SimpleNamespace(teacher=teacher, teacher_recorder=Recorder(),
+                                      _teacher_forwards=(lambda model, batch, names: model(batch['image']), None))
+    gflop = step_time._image_part_gflop(distiller, {'image': paddle.rand([2, 3, 8, 8])})
+    conv = 2 * 4 * 8 * 8 * (3 * 3 * 3)  # outputs × multiply-adds each
+    linear = 2 * 5 * (4 * 8 * 8)
+    assert gflop == pytest.approx(2 * (conv + linear) / 1e9)
 
 
 def test_modes_stepped_in_turn_take_turns_first():
@@ -203,6 +225,24 @@ def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
         failed = [w for w in warnings if f'({precision}) outputs differ from dygraph' in w]
         assert engine == f'inference, {runs_as}' or (engine == 'inference, float32' and failed)
         assert all(w in (tmp_path / 'routes.md').read_text() for w in warnings)
+
+
+def test_teacher_routes_unchecked_run_each_route_as_asked(tmp_path, tiny_voc, tiny_teacher):
+    """--unchecked: int8 runs as int8 on any CPU, whatever its check finds,
+    and the table gives each route's difference from dygraph at the check."""
+    out = tmp_path / 'routes'
+    cmd = [sys.executable, os.path.join(ROOT, 'bench', 'teacher_routes.py'), '--teacher', tiny_teacher[0],
+           '--teacher_weights', tiny_teacher[1], '--data', tiny_voc, '--steps', '1', '--warmup', '0', '--repeat', '1',
+           '--routes', 'inference', 'int8', '--unchecked', '--out', str(out), '-o', 'input_size=64',
+           'TrainReader.batch_size=2', 'EvalReader.batch_size=2', 'worker_num=0']
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    payload = json.loads((tmp_path / 'routes.json').read_text())
+    routes = {r['route']: r for r in payload['runs']}
+    assert routes['int8']['engine'] == 'inference, int8' and routes['int8']['warnings'] == []
+    assert routes['inference']['difference'] < 1e-3 < routes['int8']['difference']
+    table = (tmp_path / 'routes.md').read_text()
+    assert '%.2g' % routes['int8']['difference'] in table and 'Unchecked' in table
 
 
 def test_throughput_times_every_mode_of_a_pair(tmp_path, tiny_voc):
