@@ -31,8 +31,8 @@ does a step (its convolutions and fully connected layers, counted on the
 dygraph teacher) against the rate a large float32 matrix product reaches
 in the same process: how far a faster float32 teacher could go. Without
 `--teacher_weights` the teacher has random weights whose BatchNorm
-statistics are first calibrated on the data (timing does not depend on the weights' values, but
-unnormalised activations would overflow).
+statistics are first calibrated on the data (timing does not depend on
+the weights' values, but unnormalised activations would overflow).
 """
 import argparse
 import contextlib
@@ -258,7 +258,8 @@ def _stepper(mode, args, batches, amp):
     model.train()
     if mode == 'ppkd_roi_head_dygraph':  # the teacher's second part as before it had a compiled end
         model._teacher_tail = None
-    gflop = _image_part_gflop(model, batches[0]) if args.breakdown and model._teacher_forwards else None
+    counted = args.breakdown and mode.startswith('ppkd') and model._teacher_forwards
+    gflop = _image_part_gflop(model, batches[0]) if counted else None
     model.prepare_teacher(batches[0])
     if mode.startswith('ppkd'):
         parts, update = _time_parts(model) if args.breakdown else (None, apply_gradients)
