@@ -136,6 +136,7 @@ class _Compiled:
     layout = ()  # [(recorded name, number of calls)], set once checked
     output_index = ()  # as _FeatureProgram's
     precision = 'float32'
+    difference = None  # largest |compiled - dygraph| / largest |dygraph| output at the check
 
     def record(self, image):
         """What the teacher's recorder would hold after its image part on
@@ -331,6 +332,7 @@ def _compiled_and_checked(model, recorder, image_part, image, reference, engine,
                       f'{TOLERANCES[precision]:g})')
     logger.info('%s: compiled by %s (%s), outputs within %.2g of dygraph (relative)', _PART_NAMES[input_name], engine,
                 precision, difference)
+    compiled.difference = difference
     return compiled, None
 
 
