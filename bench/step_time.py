@@ -56,6 +56,7 @@ with contextlib.redirect_stdout(sys.stderr):
     from ppkd import config as cfgmod  # noqa: E402
     from ppkd.builder import build_distiller, build_model  # noqa: E402
     from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
+    from common import cpu_model  # noqa: E402
     from ppkd.engine.trainer import amp_available, amp_scaler, apply_gradients  # noqa: E402
     from ppkd.heap import keep_freed_heap  # noqa: E402
     from ppkd.teacher import freeze  # noqa: E402
@@ -69,10 +70,12 @@ MODES = {
     'ppkd_folded': 'ppkd, dygraph teacher, BatchNorm folded',
     'ppkd_to_static': 'ppkd, teacher compiled by to_static',
     'ppkd_bf16': 'ppkd, teacher on Paddle Inference in bfloat16',
+    'ppkd_int8': 'ppkd, teacher on Paddle Inference in int8',
     'ppdet': 'ppdet DistillModel (c)',
     'teacher': 'teacher forward alone (d)',
     'teacher_dygraph': 'dygraph teacher forward alone',
     'teacher_bf16': 'teacher forward alone, bfloat16',
+    'teacher_int8': 'teacher forward alone, int8',
     'loader': 'data loader',
     'loader_shared_memory': 'data loader, shared memory',
 }
@@ -86,6 +89,7 @@ MODE_OPTS = {
     'ppkd_folded': ['distill.compile_teacher=dygraph', 'distill.fold_teacher_bn=true'],
     'ppkd_to_static': ['distill.compile_teacher=to_static'],
     'ppkd_bf16': ['distill.teacher_precision=bfloat16'], 'teacher_bf16': ['distill.teacher_precision=bfloat16'],
+    'ppkd_int8': ['distill.teacher_precision=int8'], 'teacher_int8': ['distill.teacher_precision=int8'],
 }
 # ppdet's DistillModel losses for the same method, where ppdet has one.
 PPDET_LOSSES = {'YOLOv3FineGrainedDistill': 'DistillYOLOv3Loss'}
@@ -394,6 +398,7 @@ def table(results, args):
     setting = (f'{os.path.relpath(args.distill_config, ROOT)} with teacher {os.path.relpath(args.teacher, ROOT)}, '
                f'{args.input_size} px, batch {args.batch_size}, {os.environ.get("OMP_NUM_THREADS")} CPU threads, '
                f'paddle {paddle.__version__}, loader workers {args.workers}' + (', AMP' if args.amp else '')
+               + f', CPU: {cpu_model()}'
                + f', {args.steps} steps after {args.warmup} warm-up'
                + (', every mode in one process, stepped in turn batch by batch (the order rotating)'
                   if args.same_process else '')
@@ -478,7 +483,7 @@ def main():
     results = [_summary(mode_runs) for mode_runs in runs.values()]
     text = table(results, args)
     settings = {k: v for k, v in vars(args).items() if k not in ('here', 'tmp', 'lists', 'teacher_weights', 'num_classes', 'weights_given')}
-    settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__,
+    settings.update(threads=os.environ.get('OMP_NUM_THREADS'), paddle=paddle.__version__, cpu=cpu_model(),
                     teacher_weights=args.weights_given or 'random, BatchNorm calibrated')
     payload = {'settings': settings, 'results': results}
     print(json.dumps(payload, indent=1) if args.json else text)

@@ -1,8 +1,9 @@
-"""The teacher's routes, each with its speed and its mAP: the frozen YOLOv3
-teacher as a distill step runs it (dygraph; Paddle Inference in float32;
-Paddle Inference with its convolutions in bfloat16, or quantised to int8),
-timed on training batches and scored on the test set through the same
-route. A route this CPU cannot run fast falls back to float32, as
+"""The teacher's routes, each with its speed, its mAP and how far it moves
+the distillation losses: the frozen YOLOv3 teacher as a distill step runs
+it (dygraph; Paddle Inference in float32; Paddle Inference with its
+convolutions in bfloat16, or quantised to int8), timed on training
+batches, its loss terms compared with dygraph's there, and scored on the
+test set through the same route. A route this CPU cannot run fast falls back to float32, as
 training would (the `runs as` column says so); with `--unchecked`, every
 route runs as asked — on a CPU without its instructions, and with outputs
 further from float32 than ppkd's check allows — to measure what the route
@@ -42,7 +43,12 @@ ROUTES = {  # name: (distill overrides, label)
                  'Paddle Inference (oneDNN), convolutions in bfloat16'),
     'int8': (['distill.compile_teacher=inference', 'distill.teacher_precision=int8'],
              'Paddle Inference (oneDNN), convolutions in int8 (post-training quantisation)'),
+    'int8_augmented': (['distill.compile_teacher=inference', 'distill.teacher_precision=int8'],
+                       'int8 with scales from augmented training batches (not what ppkd does)'),
 }
+# Augmented batches int8's scales come from on route int8_augmented: as many as the
+# calibration images fill at the training batch size, another epoch's than the timed ones.
+AUGMENTED_EPOCH = 1
 
 
 class _Warnings(logging.Handler):
@@ -64,6 +70,44 @@ def _unchecked():
     compiled_teacher.TOLERANCES = dict.fromkeys(compiled_teacher.TOLERANCES, float('inf'))
 
 
+def _teacher_record(model, batch):
+    """The teacher's recorded outputs on `batch`, through the route the distiller runs it by."""
+    import paddle
+    with paddle.no_grad():
+        model.teacher_recorder.clear()
+        model.run_teacher(batch, image_part_only=True)
+    return {name: [o.clone() for o in outs] for name, outs in model.teacher_recorder.outputs.items()}
+
+
+def _largest_loss_difference(model, batches, reference):
+    """The largest relative difference of any distillation loss term, on any
+    of `batches`, between the route's teacher outputs and dygraph's
+    (`reference`), the student the same (at its initialisation)."""
+    import paddle
+    largest = 0.0
+    for batch, dygraph in zip(batches, reference):
+        model.student_recorder.clear()
+        with paddle.no_grad(), model.student_recorder.recording():
+            model.task.student_loss(model.student, batch)
+        route = _teacher_record(model, batch)
+        for loss in model.distill_losses:
+            expected, got = loss(model.student_recorder.outputs, dygraph, batch), loss(
+                model.student_recorder.outputs, route, batch)
+            for term in expected:
+                e, g = float(expected[term]), float(got[term])
+                largest = max(largest, abs(g - e) / abs(e) if e else float(g != e))
+    return largest
+
+
+def _augmented_images(cfg, limit):
+    """Image batches of the training reader (augmented, as a distill step sees them) covering `limit` images."""
+    import itertools
+    from ppkd.data.loader import build_reader, epoch_batches
+    reader = build_reader(cfg, 'Train')
+    return [b['image'] for b in itertools.islice(epoch_batches(reader, AUGMENTED_EPOCH),
+                                                 -(-limit // reader.batch_size))]
+
+
 def measure(args):
     """In this process: one route's median forward time and its mAP."""
     import paddle
@@ -83,6 +127,9 @@ def measure(args):
     model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
     model.train()
     batches = _batches(student_cfg, args.warmup + args.steps)
+    if args.child == 'int8_augmented':
+        model.task.calibration_images = lambda limit: _augmented_images(student_cfg, limit)
+    reference = [_teacher_record(model, batch) for batch in batches[args.warmup:]]  # before any compiling: dygraph
     warnings = _Warnings()
     logging.getLogger('ppkd').addHandler(warnings)
     model.prepare_teacher(batches[0])
@@ -95,6 +142,7 @@ def measure(args):
             model.run_teacher(batch, image_part_only=True)
         [float(o[-1].sum()) for o in model.teacher_recorder.outputs.values()]  # wait for the values
     times, _ = _time_steps({'route': (forward, None)}, batches, args.warmup)['route']
+    loss_difference = _largest_loss_difference(model, batches[args.warmup:], reference)
 
     teacher = model.teacher
 
@@ -111,7 +159,7 @@ def measure(args):
 
     scores = evaluate(teacher_cfg, TeacherThroughRoute())
     return {'route': args.child, 'engine': engine, 'warnings': warnings.messages,
-            'difference': None if compiled is None else compiled.difference,
+            'difference': None if compiled is None else compiled.difference, 'loss_difference': loss_difference,
             'median_s': statistics.median(times), 'steps': len(times),
             'mAP': scores['mAP'], 'per_class': scores['per_class'], 'images': scores['images']}
 
@@ -163,24 +211,25 @@ def write(runs, args):
     reference = dygraph[-1] if dygraph else None
     base = statistics.median(r['median_s'] for r in dygraph) if dygraph else None
     lines = ['| route | runs as | teacher forward, median (s) | each round | vs dygraph | mAP | Δ mAP vs dygraph '
-             '| largest difference from dygraph at the check |', '|---|---|---|---|---|---|---|---|']
+             '| largest difference from dygraph at the check | largest loss difference from dygraph |',
+             '|---|---|---|---|---|---|---|---|---|']
     summary = {}
     for route in args.routes:
         rs = [r for r in runs if r['route'] == route]
         median = statistics.median(r['median_s'] for r in rs)
-        # int8's scales come from each run's first (augmented) batch, so its mAP can differ from round to round.
+        # Each round's mAP where they differ (a route's own rounding, threads' order of sums).
         scores = [r['mAP'] for r in rs]
         mean_map = statistics.mean(scores)
         summary[route] = {'median_s': median, 'mAP': mean_map, 'engine': rs[-1]['engine']}
         # A route that ran otherwise than asked, in some round: what it ran as and why.
         engines = '; '.join(sorted({r['engine'] + ''.join(f' ({w})' for w in r.get('warnings', [])) for r in rs}))
         differences = [r['difference'] for r in rs if r.get('difference') is not None]
-        lines.append('| %s | %s | %.3f | %s | %s | %s | %s | %s |' % (
+        lines.append('| %s | %s | %.3f | %s | %s | %s | %s | %s | %s |' % (
             ROUTES[route][1], engines, median, ', '.join('%.3f' % r['median_s'] for r in rs),
             '%.2f×' % (median / base) if base else '',
             '%.2f' % mean_map + (' (%s)' % ', '.join('%.2f' % m for m in scores) if len(set(scores)) > 1 else ''),
             '%+.2f' % (mean_map - reference['mAP']) if reference else '',
-            ', '.join('%.2g' % d for d in differences)))
+            ', '.join('%.2g' % d for d in differences), ', '.join('%.2g' % r['loss_difference'] for r in rs)))
     settings = {'cpu': cpu_model(), 'teacher': os.path.relpath(args.teacher, ROOT), 'weights': args.teacher_weights,
                 'distill_config': os.path.relpath(args.distill_config, ROOT), 'steps': args.steps,
                 'warmup': args.warmup, 'repeat': args.repeat, 'threads': os.environ.get('OMP_NUM_THREADS', 'all cores'),
@@ -190,8 +239,11 @@ def write(runs, args):
             f'process, {args.repeat} interleaved rounds; mAP (VOC, %) over the {runs[-1]["images"]} test images '
             'through the same route (the teacher\'s own decoding and NMS on the route\'s head maps), the mean over '
             'the rounds (each in brackets where they differ); the check\'s difference is the largest |compiled - '
-            'dygraph| over the largest |dygraph| output on the first batch, each round (ppkd allows '
-            + ', '.join(f'{p} {t:g}' for p, t in TOLERANCES.items()) + '). '
+            'dygraph| over the largest |dygraph| output on the first training batch (int8: on the held-out batch of '
+            'its calibration images, training images through the test transform), each round (ppkd allows '
+            + ', '.join(f'{p} {t:g}' for p, t in TOLERANCES.items()) + '); the loss difference is the largest '
+            '|route - dygraph| / |dygraph| of any distillation loss term on any timed batch, each round, with the '
+            'student at its initialisation reading the same batch. '
             + ('Unchecked: every route ran as asked, whatever this CPU has and whatever its check found. '
                if args.unchecked else '')
             + f'Threads: {settings["threads"]}. CPU: {settings["cpu"]}.')

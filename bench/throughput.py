@@ -213,8 +213,9 @@ def table(results, pairs, settings):
 
 
 def ratios(results, pairs, settings):
-    """ppkd's step time over the student's and over ppdet's (their images/s
-    the other way round), per pair and setting, each round's runs together."""
+    """ppkd's step time over the student's and over ppdet's, and each of
+    ppkd's variants' over the student's (their images/s the other way
+    round), per pair and setting, each round's runs together."""
     lines = []
     for pair in pairs:
         for setting in settings:
@@ -222,6 +223,11 @@ def ratios(results, pairs, settings):
             parts = [f'ppkd step / {name} step ' + _figures([o['images_per_s'] / k['images_per_s']
                                                              for k, o in zip(ppkd, other)])
                      for name, other in (('student', student), ('ppdet', ppdet)) if ppkd and other]
+            for mode in MODES:  # ppkd's variants (teacher in bfloat16, int8, ...) against the student
+                variant = _runs(results, pair, mode, setting) if mode.startswith('ppkd_') else []
+                if variant and student:
+                    parts.append(f'{mode} step / student step ' + _figures(
+                        [s['images_per_s'] / v['images_per_s'] for v, s in zip(variant, student)]))
             if parts:
                 lines.append(f'{pair}, {setting}: ' + '; '.join(parts))
     return lines

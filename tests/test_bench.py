@@ -26,7 +26,7 @@ def test_step_time_runs_and_reports_json(tmp_path):
     assert modes == ['student', 'ppkd', 'ppdet', 'teacher']
     for r in payload['results']:
         assert r['steps'] == 2 and r['median_s'] > 0 and r['peak_rss_mb'] > 100
-    assert payload['settings']['input_size'] == 64
+    assert payload['settings']['input_size'] == 64 and ' cores, ' in payload['settings']['cpu']  # the CPU recorded
     parts = payload['results'][1]['parts_mean_s']  # ppkd's step, part by part
     assert {'student forward and detection loss', 'loss YOLOv3FineGrainedDistill', 'backward and update'} <= set(parts)
     assert any(p.startswith('teacher image part') for p in parts)
@@ -216,12 +216,14 @@ def test_teacher_routes_score_each_route(tmp_path, tiny_voc, tiny_teacher):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert routes['dygraph']['mAP'] == pytest.approx(json.loads(evaluated.stdout.strip().splitlines()[-1])['mAP'], abs=1e-6)
     assert routes['inference']['mAP'] == pytest.approx(routes['dygraph']['mAP'], abs=0.5)
+    # The loss terms through each route against dygraph's: none for dygraph itself, float32's rounding for inference.
+    assert routes['dygraph']['loss_difference'] == 0 and 0 <= routes['inference']['loss_difference'] < 1e-3
     from ppkd import compiled_teacher
     for precision in ('bfloat16', 'int8'):  # each route runs as it says, or as float32 where the CPU lacks it...
         runs_as = precision if compiled_teacher.CPU_SUPPORT[precision][0]() else 'float32'
         engine, warnings = routes[precision]['engine'], routes[precision]['warnings']
-        # ... or where its outputs failed the check against dygraph (int8's scales come from the augmented first
-        # batch: the tiny teacher's are at times over the tolerance), saying so in the table.
+        # ... or where its outputs failed the check against dygraph (the tiny teacher's int8 outputs are at times
+        # over the tolerance), saying so in the table.
         failed = [w for w in warnings if f'({precision}) outputs differ from dygraph' in w]
         assert engine == f'inference, {runs_as}' or (engine == 'inference, float32' and failed)
         assert all(w in (tmp_path / 'routes.md').read_text() for w in warnings)
@@ -241,6 +243,7 @@ def test_teacher_routes_unchecked_run_each_route_as_asked(tmp_path, tiny_voc, ti
     routes = {r['route']: r for r in payload['runs']}
     assert routes['int8']['engine'] == 'inference, int8' and routes['int8']['warnings'] == []
     assert routes['inference']['difference'] < 1e-3 < routes['int8']['difference']
+    assert routes['inference']['loss_difference'] < 1e-3 < routes['int8']['loss_difference']
     table = (tmp_path / 'routes.md').read_text()
     assert '%.2g' % routes['int8']['difference'] in table and 'Unchecked' in table
 
@@ -317,3 +320,14 @@ def test_throughput_fixed_reader_keeps_the_pairs_reader_without_its_random_trans
     assert names('batch_transforms', fixed['TrainReader']) == names('batch_transforms', given)
     assert fixed['TrainReader']['batch_transforms'][-1] == given['batch_transforms'][-1]  # the YOLO targets as given
     assert throughput.MODE_OPTS['ppkd_no_reuse'] == ['distill.reuse_teacher_outputs=false']
+
+
+def test_throughput_ratios_give_each_ppkd_variant_against_the_student():
+    """Step-time ratios pair each round's runs: ppkd's and its variants' over the student's."""
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import throughput
+    runs = [{'pair': 'p', 'setting': 'default', 'mode': mode, 'images_per_s': ips}
+            for mode, rounds in (('student', (2.0, 3.0)), ('ppkd', (1.6, 2.4)), ('ppkd_int8', (1.9, 2.4)))
+            for ips in rounds]
+    assert throughput.ratios(runs, ['p'], ['default']) == [
+        'p, default: ppkd step / student step 1.25 (1.25, 1.25); ppkd_int8 step / student step 1.15 (1.05, 1.25)']

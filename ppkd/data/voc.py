@@ -139,6 +139,10 @@ class NamesFailingImage:
             raise PPKDError(f'{im_file}: reader transform failed: {type(e).__name__}: {e}') from None
 
 
+# (list file, boxes dropped) already reported in this process
+_REPORTED_DROPS = set()
+
+
 @register
 @serializable
 class CheckedVOCDataSet(NamesFailingImage, VOCDataSet):
@@ -183,7 +187,9 @@ class CheckedVOCDataSet(NamesFailingImage, VOCDataSet):
             records.append(rec)
             if 0 < self.sample_num <= len(records):
                 break
-        if dropped_total:
+        report = (os.path.abspath(os.path.join(self.dataset_dir, self.anno_path)), dropped_total)
+        if dropped_total and report not in _REPORTED_DROPS:  # once: other readers parse the same list again
+            _REPORTED_DROPS.add(report)
             logger.warning('%s: dropped %d zero-area or inverted boxes in %d annotation files',
                            self.anno_path, dropped_total, dropped_files)
         if not records:

@@ -1,5 +1,6 @@
 """Detection through ppdet: its models return their loss dict in training,
 its readers, learning rates and optimizers come from the config."""
+import copy
 import json
 
 from ppkd import config as cfgmod
@@ -58,6 +59,17 @@ class DetectionTask:
         if limit is not None:
             reader.dataset.roidbs = reader.dataset.roidbs[:limit]
         return reader
+
+    def calibration_images(self, limit):
+        """The image batches of the first `limit` training images through
+        the test transform (no augmentation): what int8's scales are
+        measured on (`ppkd.compiled_teacher`). [] without a config."""
+        if self.cfg is None:
+            return []
+        # A copy: the reader sets its transform on the data set it reads.
+        reader = build_reader(self.cfg, 'Eval', dataset=copy.deepcopy(self.cfg['TrainDataset']))
+        reader.dataset.roidbs = reader.dataset.roidbs[:limit]
+        return [batch['image'] for batch in epoch_batches(reader)]
 
     @staticmethod
     def batches(reader, epoch=0):
