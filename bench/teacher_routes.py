@@ -3,13 +3,15 @@ the distillation losses: the frozen YOLOv3 teacher as a distill step runs
 it (dygraph; Paddle Inference in float32; Paddle Inference with its
 convolutions in bfloat16, or quantised to int8), timed on training
 batches, its loss terms compared with dygraph's there, and scored on the
-test set through the same route. A route this CPU cannot run fast falls back to float32, as
-training would (the `runs as` column says so); with `--unchecked`, every
-route runs as asked — on a CPU without its instructions, and with outputs
-further from float32 than ppkd's check allows — to measure what the route
-itself would give.
+test set through the same route. A route this CPU cannot run fast falls
+back to float32, as training would (the `runs as` column says so); with
+`--unchecked`, every route runs as asked — on a CPU without its
+instructions, and with outputs further from float32 than ppkd's check
+allows — to measure what the route itself would give. Route
+`int8_augmented` takes int8's scales from augmented training batches, as
+ppkd did before, to compare.
 
-    .venv/bin/python bench/teacher_routes.py [--teacher_weights W] [--routes dygraph inference bfloat16 int8]
+    .venv/bin/python bench/teacher_routes.py [--teacher_weights W] [--routes dygraph inference bfloat16 int8 int8_augmented]
 
 The mAP of a route is the teacher's own post-processing (YOLOv3's box
 decoding and NMS, in dygraph) on the head maps that route gives, so a route
@@ -46,8 +48,8 @@ ROUTES = {  # name: (distill overrides, label)
     'int8_augmented': (['distill.compile_teacher=inference', 'distill.teacher_precision=int8'],
                        'int8 with scales from augmented training batches (not what ppkd does)'),
 }
-# Augmented batches int8's scales come from on route int8_augmented: as many as the
-# calibration images fill at the training batch size, another epoch's than the timed ones.
+# Route int8_augmented takes its scales from the training reader's batches of
+# this epoch (not the timed batches' epoch 0), as many as ppkd's calibration images.
 AUGMENTED_EPOCH = 1
 
 
@@ -109,7 +111,7 @@ def _augmented_images(cfg, limit):
 
 
 def measure(args):
-    """In this process: one route's median forward time and its mAP."""
+    """In this process: one route's median forward time, its loss difference and its mAP."""
     import paddle
     import ppkd  # noqa: F401
     from ppkd import config as cfgmod
