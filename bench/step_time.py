@@ -56,11 +56,11 @@ with contextlib.redirect_stdout(sys.stderr):
     from ppkd import config as cfgmod  # noqa: E402
     from ppkd.builder import build_distiller, build_model  # noqa: E402
     from ppkd.data.loader import build_reader, epoch_batches  # noqa: E402
-    from common import cpu_model  # noqa: E402
     from ppkd.engine.trainer import amp_available, amp_scaler, apply_gradients  # noqa: E402
     from ppkd.heap import keep_freed_heap  # noqa: E402
     from ppkd.teacher import freeze  # noqa: E402
     from ppkd.utils import atomic_write_text  # noqa: E402
+    from common import cpu_model  # noqa: E402
 
 MODES = {
     'student': 'student alone (a)',

@@ -223,8 +223,8 @@ def ratios(results, pairs, settings):
             parts = [f'ppkd step / {name} step ' + _figures([o['images_per_s'] / k['images_per_s']
                                                              for k, o in zip(ppkd, other)])
                      for name, other in (('student', student), ('ppdet', ppdet)) if ppkd and other]
-            for mode in MODES:  # ppkd's variants (teacher in bfloat16, int8, ...) against the student
-                variant = _runs(results, pair, mode, setting) if mode.startswith('ppkd_') else []
+            for mode in (m for m in MODES if m.startswith('ppkd_')):  # teacher in bfloat16, int8, ...
+                variant = _runs(results, pair, mode, setting)
                 if variant and student:
                     parts.append(f'{mode} step / student step ' + _figures(
                         [s['images_per_s'] / v['images_per_s'] for v, s in zip(variant, student)]))
