@@ -8,6 +8,7 @@
 #   make bench-ssd          BCCD: SSD-MobileNetV1 student, no teacher / soft KL / soft KL + bounded, 3 seeds (hours on CPU)
 #   make bench-gain         does distillation help? the demo on 3 seeds, then BCCD with 25 % labels (~1.5 h)
 #   make bench-throughput   images/s of the real training loops (teacher, student, ppkd in float32/bf16/int8, ppdet DistillModel), demo, BCCD YOLOv3 and Faster R-CNN pairs, per thread setting
+#   make bench-int8-teacher BCCD YOLOv3: the student distilled from the int8 teacher against the float32 one, 3 seeds (~2 h)
 #   make bench-teacher-routes  the teacher's routes (dygraph, Paddle Inference float32 / bfloat16): speed and mAP
 #   make bench-camvid       segmentation on CamVid: no teacher / pixel KD / FitNet / knowledge adaptation, 3 seeds (~2 h)
 #   make bench-camvid-unlabeled  CamVid with a quarter of the masks: no teacher / pixel KD / knowledge adaptation on labelled + raw images, 3 seeds (~2.5 h)
@@ -19,7 +20,7 @@ PADDLE ?= paddlepaddle==3.3.1
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-ssd bench-gain bench-throughput bench-teacher-routes bench-camvid bench-camvid-unlabeled clean
+.PHONY: install demo test test-paddle26 bench-step-time bench-bccd bench-fgfi bench-ssd bench-gain bench-throughput bench-int8-teacher bench-teacher-routes bench-camvid bench-camvid-unlabeled clean
 
 install:
 	@bash .ci/install.sh $(VENV) $(PADDLE)
@@ -57,6 +58,11 @@ bench-gain: install
 
 bench-throughput: install
 	$(PY) bench/throughput.py
+
+bench-int8-teacher: install
+	$(PY) bench/bccd_yolov3.py --seeds 0 1 2 --workers 2 --baseline 'fine-grained w=100' \
+		--methods 'no teacher' 'fine-grained w=100' 'fine-grained w=100, int8 teacher' \
+		--out bench/results/bccd_yolov3_int8_teacher
 
 bench-teacher-routes: install
 	$(PY) bench/teacher_routes.py

@@ -1,8 +1,14 @@
 """BCCD: one YOLOv3-ResNet34 teacher, then the YOLOv3-MobileNetV1 student
-trained three ways (no teacher, L2, fine-grained) with the same schedule,
-data and seeds, evaluated on BCCD's official test split.
+trained with no teacher, L2 and fine-grained distillation (the latter also
+from the teacher run in int8) with the same schedule, data and seeds,
+evaluated on BCCD's official test split.
 
     .venv/bin/python bench/bccd_yolov3.py [--input_size 160] [--seeds 0 1]
+
+The int8 teacher against the float32 one, seed by seed:
+
+    .venv/bin/python bench/bccd_yolov3.py --seeds 0 1 2 --baseline 'fine-grained w=100' \
+        --methods 'fine-grained w=100' 'fine-grained w=100, int8 teacher' --out bench/results/bccd_yolov3_int8_teacher
 
 Writes bench/results/bccd_yolov3.{md,json,png}. The teacher is trained once
 into the work folder and reused by later runs.
@@ -19,6 +25,9 @@ METHODS = {
     # The same loss at a tenth of the weight: is the scale what hurts?
     'fine-grained w=100': ('slim/distillation/distill.py', 'distill_fine_grained.yml',
                            ['YOLOv3FineGrainedDistill.weight=100']),
+    # The teacher run by int8 kernels: does its cheaper step cost the student anything?
+    'fine-grained w=100, int8 teacher': ('slim/distillation/distill.py', 'distill_fine_grained.yml',
+                                         ['YOLOv3FineGrainedDistill.weight=100', 'distill.teacher_precision=int8']),
 }
 
 

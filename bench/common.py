@@ -191,6 +191,8 @@ def comparison_args(description, work_name, out_name, input_size, batch_size, te
     p.add_argument('--snapshot_epoch', type=int, default=2)
     p.add_argument('--seeds', type=int, nargs='+', default=seeds)
     p.add_argument('--methods', nargs='+', default=list(methods), choices=list(methods))
+    p.add_argument('--baseline', default='no teacher', choices=list(methods),
+                   help='the arm each other arm is paired with, seed by seed')
     p.add_argument('--labeled_fraction', type=float, default=labeled_fraction,
                    help='keep this share of trainval labelled, the rest unlabeled (tools/split_voc.py)')
     p.add_argument('--split_seed', type=int, default=0, help='seed of the labelled/unlabeled draw')
@@ -261,7 +263,7 @@ def run_comparison(args, cfg_dir, teacher_cfg, teacher_dir, methods, teacher_lab
         for future in concurrent.futures.as_completed(futures):
             results['runs'].append(future.result())
             results['runs'].sort(key=lambda r: order.index((r['seed'], r['method'])))
-            write(results, args.out, f'{teacher_label}, {args.teacher_epochs} epochs', title)
+            write(results, args.out, f'{teacher_label}, {args.teacher_epochs} epochs', title, args.baseline)
 
 
 def write(results, out, teacher_label, title, baseline='no teacher'):

@@ -179,6 +179,28 @@ def test_finished_only_writes_the_finished_runs_and_trains_nothing(tmp_path, mon
     assert [(m, s) for m, s, _, _ in calls] == [('soft', 0)]
 
 
+def test_comparison_pairs_each_arm_with_the_baseline_asked_for(tmp_path, monkeypatch):
+    """--baseline: each other arm's per-seed difference is taken against
+    that arm (int8 teacher against float32), not against no teacher."""
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import common
+    methods = {'no teacher': ('tools/train.py', 's.yml', []), 'fp32': ('slim/x.py', 'd.yml', []),
+               'int8': ('slim/x.py', 'd.yml', ['distill.teacher_precision=int8'])}
+    args = common.comparison_args('t', 'w', 'o', input_size=64, batch_size=2, teacher_epochs=1, student_epochs=1,
+                                  seeds=[0], methods=methods).parse_args(['--baseline', 'fp32', '--work_dir',
+                                                                          str(tmp_path / 'w'), '--out', str(tmp_path / 'r')])
+    monkeypatch.setattr(common, 'split_voc', lambda *a, **k: None)
+    monkeypatch.setattr(common, 'train_teacher', lambda *a: ({'mAP': 50., 'per_class': {'c': 50.}}, 1.))
+    maps = {('no teacher', 0): 30., ('fp32', 0): 40., ('int8', 0): 37.}
+    monkeypatch.setattr(common, 'run_student', lambda method, seed, cmd, out, *a: {
+        'method': method, 'seed': seed, 'mAP': maps[method, seed], 'error': None, 'images': 72, 'per_class': {'c': 0.},
+        'train_seconds': 1., 'curve': [(1, maps[method, seed])], 'losses': {'first': {'loss': 1.}, 'last': {'loss': 1.}}})
+    common.run_comparison(args, str(tmp_path), 'teacher.yml', 'teacher', methods, 'T', 'title')
+    results = json.loads((tmp_path / 'r.json').read_text())
+    assert {m: p['per_seed'] for m, p in results['paired'].items()} == {'no teacher': {'0': -10.}, 'int8': {'0': -3.}}
+    assert '| Δ vs fp32 per seed |' in (tmp_path / 'r.md').read_text()
+
+
 @pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not found')
 def test_mask_coverage_shrinks_as_psi_rises(tmp_path):
     """bench/mask_coverage.py: a higher ψ keeps a subset of the cells, so
