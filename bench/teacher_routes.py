@@ -34,7 +34,7 @@ from common import ROOT, cpu_model, train_teacher
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from demo import DEMO_TEACHER, ensure_demo_data  # noqa: E402
-from ppkd.compiled_teacher import TOLERANCES  # noqa: E402
+from ppkd.compiled_teacher import INT8_CHECK_BATCHES, TOLERANCES  # noqa: E402
 from ppkd.utils import atomic_write_text  # noqa: E402
 
 DISTILL = os.path.join(ROOT, 'configs', 'demo', 'distill_fine_grained.yml')
@@ -241,8 +241,9 @@ def write(runs, args):
             f'process, {args.repeat} interleaved rounds; mAP (VOC, %) over the {runs[-1]["images"]} test images '
             'through the same route (the teacher\'s own decoding and NMS on the route\'s head maps), the mean over '
             'the rounds (each in brackets where they differ); the check\'s difference is the largest |compiled - '
-            'dygraph| over the largest |dygraph| output on the first training batch (int8: on the held-out batch of '
-            'its calibration images, training images through the test transform), each round (ppkd allows '
+            'dygraph| over the largest |dygraph| output on the first training batch (int8: the largest over the '
+            'held-out batch of its calibration images, training images through the test transform, and '
+            f'{INT8_CHECK_BATCHES + 1} augmented training batches), each round (ppkd allows '
             + ', '.join(f'{p} {t:g}' for p, t in TOLERANCES.items()) + '); the loss difference is the largest '
             '|route - dygraph| / |dygraph| of any distillation loss term on any timed batch, each round, with the '
             'student at its initialisation reading the same batch. '

@@ -9,7 +9,7 @@ import paddle
 import paddle.nn as nn
 
 from ppkd.balancing import AutoBalance, WeightSchedule
-from ppkd.compiled_teacher import CALIBRATION_IMAGES, compile_teacher
+from ppkd.compiled_teacher import CALIBRATION_IMAGES, INT8_CHECK_BATCHES, compile_teacher
 from ppkd.errors import PPKDError, describe
 from ppkd.folding import fold_batch_norms
 from ppkd.recorders import OutputRecorder
@@ -134,7 +134,8 @@ class Distiller(nn.Layer):
             self.compiled_teacher = compile_teacher(
                 self.teacher, self.teacher_recorder, self._teacher_forwards[0], inputs,
                 engine, self._tensorrt_max_size, self._teacher_precision,
-                calibration=lambda: self.task.calibration_images(CALIBRATION_IMAGES))
+                calibration=lambda: self.task.calibration_images(CALIBRATION_IMAGES),
+                training_images=lambda: self.task.training_images(INT8_CHECK_BATCHES))
             if self._teacher_tail is not None:
                 self._compile_roi_layers(inputs, engine)
             rest_in_dygraph = self._teacher_forwards[1] is not None and self.compiled_roi_layers is None

@@ -1,13 +1,33 @@
 """Detection through ppdet: its models return their loss dict in training,
 its readers, learning rates and optimizers come from the config."""
+import contextlib
 import copy
+import itertools
 import json
+import random
+
+import numpy as np
 
 from ppkd import config as cfgmod
 from ppkd.data.loader import build_reader, build_unlabeled_reader, epoch_batches
 from ppkd.engine.evaluator import evaluate
 from ppkd.teacher import TEACHER_FORWARDS, TEACHER_TAILS
 from ppkd.teacher_cache import random_transforms
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    """Readers drawn on the side leave the training's random streams as they
+    were: a multiprocess loader draws its workers' seed from numpy's, and
+    transforms run in this process (worker_num 0) draw from numpy's and
+    Python's — else int8's calibration would change the student's
+    augmentations from the next epoch on."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 class DetectionTask:
@@ -66,10 +86,21 @@ class DetectionTask:
         measured on (`ppkd.compiled_teacher`). [] without a config."""
         if self.cfg is None:
             return []
-        # A copy: the reader sets its transform on the data set it reads.
-        reader = build_reader(self.cfg, 'Eval', dataset=copy.deepcopy(self.cfg['TrainDataset']))
-        reader.dataset.roidbs = reader.dataset.roidbs[:limit]
-        return [batch['image'] for batch in epoch_batches(reader)]
+        with _random_state_kept():
+            # A copy: the reader sets its transform on the data set it reads.
+            reader = build_reader(self.cfg, 'Eval', dataset=copy.deepcopy(self.cfg['TrainDataset']))
+            reader.dataset.roidbs = reader.dataset.roidbs[:limit]
+            return [batch['image'] for batch in epoch_batches(reader)]
+
+    def training_images(self, batches):
+        """The image batches of `batches` training batches as the student
+        sees them (augmented): where int8 is checked too. [] without a
+        config."""
+        if self.cfg is None:
+            return []
+        with _random_state_kept():
+            reader = build_reader(self.cfg, 'Train', dataset=copy.deepcopy(self.cfg['TrainDataset']))
+            return [batch['image'] for batch in itertools.islice(epoch_batches(reader), batches)]
 
     @staticmethod
     def batches(reader, epoch=0):
