@@ -370,7 +370,8 @@ def _int8_compiled(attempt, calibration, training_images, image, reference):
     BCCD ResNet-34 teacher, scales from augmented batches gave mAP 4-26
     against 49.77 in float32, from test-transformed images 52.06. But
     those scales clip augmented images: 0.94-0.99 off on 6 of 12 augmented
-    batches, and the student it taught lost 8.7 mAP points (3 seeds).
+    batches, and the student it taught ended 8.7 mAP points lower on
+    average (3 seeds).
     Hence the checks on training batches."""
     images = calibration() if calibration is not None else []
     if len(images) < 2:
@@ -390,8 +391,8 @@ def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_si
     by `engine` ('to_static' or 'inference'; `precision` 'bfloat16' or
     'int8' for the latter on a CPU that has it), checked on `inputs` against
     the dygraph teacher — int8 scaled on the batches `calibration()`
-    returns and checked on `training_images()` too (`_int8_compiled`); returns the compiled teacher or None after a
-    warning saying why not. A lower precision that fails is tried again in
+    returns and checked on `training_images()` too (`_int8_compiled`);
+    returns the compiled teacher or None after a warning saying why not. A lower precision that fails is tried again in
     float32, which keeps the compiled teacher's speed-up over dygraph.
     With `input_name`, the part compiled is a second part's end
     (`ppkd.teacher.TEACHER_TAILS`) and reads `inputs[input_name]`."""
