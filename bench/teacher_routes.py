@@ -101,15 +101,6 @@ def _largest_loss_difference(model, batches, reference):
     return largest
 
 
-def _augmented_images(cfg, limit):
-    """Image batches of the training reader (augmented, as a distill step sees them) covering `limit` images."""
-    import itertools
-    from ppkd.data.loader import build_reader, epoch_batches
-    reader = build_reader(cfg, 'Train')
-    return [b['image'] for b in itertools.islice(epoch_batches(reader, AUGMENTED_EPOCH),
-                                                 -(-limit // reader.batch_size))]
-
-
 def measure(args):
     """In this process: one route's median forward time, its loss difference and its mAP."""
     import paddle
@@ -129,8 +120,9 @@ def measure(args):
     model = build_distiller(student_cfg, teacher_cfg, args.teacher_weights)
     model.train()
     batches = _batches(student_cfg, args.warmup + args.steps)
-    if args.child == 'int8_augmented':
-        model.task.calibration_images = lambda limit: _augmented_images(student_cfg, limit)
+    if args.child == 'int8_augmented':  # training batches covering as many images as ppkd's calibration images
+        training_images, batch_size = model.task.training_images, int(student_cfg['TrainReader']['batch_size'])
+        model.task.calibration_images = lambda limit: training_images(-(-limit // batch_size), AUGMENTED_EPOCH)
     reference = [_teacher_record(model, batch) for batch in batches[args.warmup:]]  # before any compiling: dygraph
     warnings = _Warnings()
     logging.getLogger('ppkd').addHandler(warnings)

@@ -406,13 +406,14 @@ def compile_teacher(model, recorder, image_part, inputs, engine, tensorrt_max_si
     with paddle.no_grad():
         layout, reference = _reference(model, recorder, image_part, image, input_name)
         attempt = (model, recorder, image_part, engine, tensorrt_max_size, input_name)
+        checks = [('the batch', image, reference)]
         if precision == 'int8':
             compiled, why = _int8_compiled(attempt, calibration, training_images, image, reference)
         else:
-            compiled, why = _compiled_and_checked(*attempt, [('the batch', image, reference)], precision)
+            compiled, why = _compiled_and_checked(*attempt, checks, precision)
         if why is not None and precision != 'float32':
             logger.warning('%s: %s; float32 instead', part, why)
-            compiled, why = _compiled_and_checked(*attempt, [('the batch', image, reference)], 'float32')
+            compiled, why = _compiled_and_checked(*attempt, checks, 'float32')
     if why is not None:
         logger.warning('%s: %s; running it in dygraph', part, why)
         return None

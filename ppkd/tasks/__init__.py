@@ -10,7 +10,7 @@ tools need from a framework, behind one interface per task.
     .train_reader() / .eval_reader()           readers: len() batches a pass
     .batches(reader, epoch)                    one pass, seeded by the epoch
     .calibration_images(limit)                 training images, test transform (detection)
-    .training_images(batches)                  training images, augmented (detection)
+    .training_images(batches, epoch)           training images, augmented (detection)
     .schedule(steps_per_epoch)                 (epochs, iterations)
     .lr_and_optimizer(steps_per_epoch, model)
     .unlabeled_reader()                        or None

@@ -92,15 +92,15 @@ class DetectionTask:
             reader.dataset.roidbs = reader.dataset.roidbs[:limit]
             return [batch['image'] for batch in epoch_batches(reader)]
 
-    def training_images(self, batches):
-        """The image batches of `batches` training batches as the student
-        sees them (augmented): where int8 is checked too. [] without a
-        config."""
+    def training_images(self, batches, epoch=0):
+        """The image batches of `batches` training batches of `epoch` as the
+        student sees them (augmented): where int8 is checked too. [] without
+        a config."""
         if self.cfg is None:
             return []
         with _random_state_kept():
             reader = build_reader(self.cfg, 'Train', dataset=copy.deepcopy(self.cfg['TrainDataset']))
-            return [batch['image'] for batch in itertools.islice(epoch_batches(reader), batches)]
+            return [batch['image'] for batch in itertools.islice(epoch_batches(reader, epoch), batches)]
 
     @staticmethod
     def batches(reader, epoch=0):
