@@ -289,7 +289,7 @@ def write(results, out, teacher_label, title, baseline='no teacher'):
                      '%+.2f ± %.2f' % (paired['mean'], paired['se']), 'yes' if paired['gain'] else 'no')
         lines.append('| student, %s | %d | %.2f ± %.2f | %s | %s | %s | %s | %s | %.0f |' % (
             method, len(rs), mean(maps), std(maps),
-            ', '.join('%.2f' % r['mAP'] + (' (diverged)' if r.get('error') else '') for r in rs), *delta,
+            ', '.join('%.2f' % r['mAP'] + (' (stopped)' if r.get('error') else '') for r in rs), *delta,
             ' | '.join('%.2f' % mean([r['per_class'][c] for r in rs]) for c in classes),
             mean([r['train_seconds'] for r in rs])))
     lines += ['', 'Loss scale, first → last logged iteration (distillation = total − detection, weighted):', '',

@@ -181,7 +181,8 @@ def test_finished_only_writes_the_finished_runs_and_trains_nothing(tmp_path, mon
 
 def test_comparison_pairs_each_arm_with_the_baseline_asked_for(tmp_path, monkeypatch):
     """--baseline: each other arm's per-seed difference is taken against
-    that arm (int8 teacher against float32), not against no teacher."""
+    that arm (int8 teacher against float32), not against no teacher. A run
+    that stopped is marked so in its row and listed with its reason."""
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
     import common
     methods = {'no teacher': ('tools/train.py', 's.yml', []), 'fp32': ('slim/x.py', 'd.yml', []),
@@ -193,12 +194,15 @@ def test_comparison_pairs_each_arm_with_the_baseline_asked_for(tmp_path, monkeyp
     monkeypatch.setattr(common, 'train_teacher', lambda *a: ({'mAP': 50., 'per_class': {'c': 50.}}, 1.))
     maps = {('no teacher', 0): 30., ('fp32', 0): 40., ('int8', 0): 37.}
     monkeypatch.setattr(common, 'run_student', lambda method, seed, cmd, out, *a: {
-        'method': method, 'seed': seed, 'mAP': maps[method, seed], 'error': None, 'images': 72, 'per_class': {'c': 0.},
+        'method': method, 'seed': seed, 'mAP': maps[method, seed], 'images': 72, 'per_class': {'c': 0.},
+        'error': 'loss is not finite at iteration 7' if method == 'int8' else None,
         'train_seconds': 1., 'curve': [(1, maps[method, seed])], 'losses': {'first': {'loss': 1.}, 'last': {'loss': 1.}}})
     common.run_comparison(args, str(tmp_path), 'teacher.yml', 'teacher', methods, 'T', 'title')
     results = json.loads((tmp_path / 'r.json').read_text())
     assert {m: p['per_seed'] for m, p in results['paired'].items()} == {'no teacher': {'0': -10.}, 'int8': {'0': -3.}}
-    assert '| Δ vs fp32 per seed |' in (tmp_path / 'r.md').read_text()
+    table = (tmp_path / 'r.md').read_text()
+    assert '| Δ vs fp32 per seed |' in table
+    assert '| 37.00 (stopped) |' in table and '- int8, seed 0: loss is not finite at iteration 7' in table
 
 
 @pytest.mark.skipif(not os.path.isdir(BCCD), reason='BCCD not found')
