@@ -59,10 +59,15 @@ bench-gain: install
 bench-throughput: install
 	$(PY) bench/throughput.py
 
+# The same runs, paired twice: each arm against the float32-taught student,
+# then against the student alone.
 bench-int8-teacher: install
 	$(PY) bench/bccd_yolov3.py --seeds 0 1 2 --workers 2 --baseline 'fine-grained w=100' \
 		--methods 'no teacher' 'fine-grained w=100' 'fine-grained w=100, int8 teacher' \
 		--out bench/results/bccd_yolov3_int8_teacher
+	$(PY) bench/bccd_yolov3.py --seeds 0 1 2 --workers 2 --finished_only \
+		--methods 'no teacher' 'fine-grained w=100' 'fine-grained w=100, int8 teacher' \
+		--out bench/results/bccd_yolov3_3seeds
 
 bench-teacher-routes: install
 	$(PY) bench/teacher_routes.py

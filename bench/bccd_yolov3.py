@@ -10,6 +10,9 @@ The int8 teacher against the float32 one, seed by seed:
     .venv/bin/python bench/bccd_yolov3.py --seeds 0 1 2 --baseline 'fine-grained w=100' \
         --methods 'fine-grained w=100' 'fine-grained w=100, int8 teacher' --out bench/results/bccd_yolov3_int8_teacher
 
+(`make bench-int8-teacher` runs that with the no-teacher arm too, then
+pairs the same runs with it: bench/results/bccd_yolov3_3seeds.)
+
 Writes bench/results/bccd_yolov3.{md,json,png}. The teacher is trained once
 into the work folder and reused by later runs.
 """
