@@ -341,8 +341,7 @@ def _compiled_and_checked(model, recorder, image_part, engine, tensorrt_max_size
         differences = []
         for what, checked, reference in checks:
             unique = compiled(checked)  # the first call traces the program if it has not been yet
-            compiled.output_index = program.output_index
-            outputs = [unique[i].numpy() for i in compiled.output_index]
+            outputs = [unique[i].numpy() for i in program.output_index]
             if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
                 return None, f'{engine} returned outputs of other shapes than dygraph'
             differences.append((_max_relative_difference(outputs, reference), what))
@@ -350,6 +349,7 @@ def _compiled_and_checked(model, recorder, image_part, engine, tensorrt_max_size
         return None, f'{engine} failed ({describe(e)})'
     finally:
         recorder.clear()
+    compiled.output_index = program.output_index
     difference, what = max(differences, key=lambda d: d[0])
     if difference > TOLERANCES[precision]:
         return None, (f'{engine} ({precision}) outputs differ from dygraph by {difference:.2g} on {what} (relative, '
@@ -378,10 +378,12 @@ def _int8_compiled(attempt, calibration, training_images, image, reference):
         return None, 'int8 needs two batches of calibration images (training images through the test transform)'
     *scaled, held_out = images
     model, recorder, image_part, _, _, input_name = attempt
-    checks = [('a held-out calibration batch', held_out), ('the first training batch', image)]
-    checks += [('a training batch', x) for x in (training_images() if training_images is not None else [])]
-    checks = [(what, x, _reference(model, recorder, image_part, x, input_name)[1] if x is not image else reference)
-              for what, x in checks]
+
+    def dygraph(x):
+        return _reference(model, recorder, image_part, x, input_name)[1]
+    checks = [('a held-out calibration batch', held_out, dygraph(held_out)),
+              ('the first training batch', image, reference)]
+    checks += [('a training batch', x, dygraph(x)) for x in (training_images() if training_images is not None else [])]
     return _compiled_and_checked(*attempt, checks, 'int8', scaled)
 
 
